@@ -1,0 +1,1 @@
+"""The ``semcorr`` command line: one thin module per job, each calling into the stages."""

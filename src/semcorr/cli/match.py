@@ -1,0 +1,142 @@
+"""``semcorr match SOURCE TARGET [TARGET ...] --points POINTS``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from semcorr.cli.common import add_backbone_options, add_refine_options, backbone_from_args
+from semcorr.errors import InputError
+from semcorr.io import atomic_write_json, load_image
+from semcorr.pipeline import Matcher, MatchResult
+
+__all__ = ["add_parser", "parse_points", "run_match", "write_matches"]
+
+
+def parse_points(text: str) -> torch.Tensor:
+    """Points from a JSON file ``[[x, y], ...]`` or inline ``"x,y;x,y"`` → ``(N, 2)``."""
+    path = Path(text)
+    if path.suffix.lower() == ".json" or path.is_file():
+        if not path.is_file():
+            raise InputError(f"{path}: no such points file")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InputError(f"{path}: not valid JSON ({exc})") from None
+        source = str(path)
+    else:
+        try:
+            data = [[float(v) for v in item.split(",")] for item in text.split(";") if item.strip()]
+        except ValueError:
+            raise InputError(f"malformed --points {text!r}: expected 'x,y;x,y'") from None
+        source = "--points"
+    if not isinstance(data, list) or not all(
+        isinstance(p, (list, tuple))
+        and len(p) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in p)
+        for p in data
+    ):
+        raise InputError(f"{source}: points must be a list of [x, y] number pairs")
+    if not data:
+        raise InputError(f"{source}: no points given")
+    return torch.tensor(data, dtype=torch.float32).reshape(-1, 2)
+
+
+def write_matches(
+    out_dir: Path,
+    source: str,
+    backbone: str,
+    points: torch.Tensor,
+    targets: Sequence[str],
+    results: Sequence[MatchResult],
+) -> Path:
+    """Write ``out_dir/matches.json`` (the documented schema) atomically; returns its path."""
+    payload = {
+        "source": source,
+        "backbone": backbone,
+        "points": points.tolist(),
+        "targets": [
+            {
+                "image": target,
+                "points": result.points.tolist(),
+                "scores": result.scores.tolist(),
+                "pose": result.pose,
+            }
+            for target, result in zip(targets, results)
+        ],
+    }
+    path = out_dir / "matches.json"
+    atomic_write_json(path, payload)
+    return path
+
+
+def run_match(
+    matcher: Matcher,
+    source_path: str,
+    target_paths: Sequence[str],
+    points: torch.Tensor,
+    out_dir: Path,
+    backbone_name: str,
+    show_progress: bool = True,
+) -> tuple[Path, list[Path]]:
+    """Match, write ``matches.json`` and one side-by-side PNG per target."""
+    from semcorr.viz.matches import save_match_picture
+
+    source_image = load_image(source_path)
+    for target in target_paths:  # fail early, before any work, on a missing target
+        if not Path(target).is_file():
+            raise InputError(f"{target}: no such image file")
+    source = matcher.source_features(source_image)
+    bar = tqdm(total=len(target_paths), unit="image", disable=not show_progress or
+               len(target_paths) < 2, desc="matching")
+    results = matcher.match(
+        source, (load_image(t) for t in target_paths), points, progress=bar.update
+    )
+    bar.close()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = write_matches(out_dir, source_path, backbone_name, points, target_paths, results)
+    pictures = []
+    for index, (target, result) in enumerate(zip(target_paths, results)):
+        picture = out_dir / f"match_{index:03d}_{Path(target).stem}.png"
+        save_match_picture(picture, source_image, load_image(target), points, result)
+        pictures.append(picture)
+    return json_path, pictures
+
+
+def _run(args: argparse.Namespace) -> int:
+    points = parse_points(args.points)
+    backbone = backbone_from_args(args)
+    matcher = Matcher(
+        backbone,
+        refine=args.refine,
+        window=args.window,
+        temperature=args.temperature,
+        pose_align=args.pose_align,
+    )
+    json_path, pictures = run_match(
+        matcher, args.source, args.targets, points, Path(args.out), args.backbone
+    )
+    print(f"wrote {json_path} and {len(pictures)} picture(s) in {args.out}")
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "match",
+        help="find source points in target images",
+        description="Transfer points from a source image to one or many target images.",
+    )
+    parser.add_argument("source", help="source image")
+    parser.add_argument("targets", nargs="+", metavar="TARGET", help="target image(s)")
+    parser.add_argument("--points", required=True,
+                        help="JSON file [[x, y], ...] or inline 'x,y;x,y' (source pixels)")
+    add_backbone_options(parser)
+    add_refine_options(parser)
+    parser.add_argument("--out", default="semcorr-match", help="output folder")
+    parser.set_defaults(func=_run)
+

@@ -1,0 +1,135 @@
+"""Stage 1: the dense backbone contract and the backbone registry."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from semcorr.geometry import ResizePad
+from semcorr.registry import Registry
+
+__all__ = [
+    "BACKBONES",
+    "Backbone",
+    "BackboneInfo",
+    "create_backbone",
+    "list_backbones",
+    "register_backbone",
+]
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    """Metadata of a backbone, kept beside the model (timm's ``PretrainedCfg`` in spirit).
+
+    Attributes:
+        name: registry name.
+        stride: input pixels per feature cell.
+        image_size: default side of the square input, in pixels (a multiple of ``stride``).
+        mean, std: per-channel normalisation applied to [0, 1] RGB input.
+        weights: where weights come from (hub id, URL) or ``None`` for weight-free backbones.
+        license: licence of the weights (or of the method when weight-free).
+    """
+
+    name: str
+    stride: int
+    image_size: int
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    weights: str | None = None
+    license: str = ""
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+class Backbone(nn.Module):
+    """A dense feature extractor.
+
+    Subclasses set ``info`` and implement :meth:`features`. Inputs are square images whose
+    side is ``info.image_size`` (see :class:`~semcorr.geometry.ResizePad`); the device and dtype
+    of the computation follow the module's buffers/parameters.
+    """
+
+    info: BackboneInfo
+
+    @property
+    def stride(self) -> int:
+        return self.info.stride
+
+    @property
+    def image_size(self) -> int:
+        return self.info.image_size
+
+    @property
+    def device(self) -> torch.device:
+        for tensor in self.parameters():
+            return tensor.device
+        for tensor in self.buffers():
+            return tensor.device
+        return torch.device("cpu")
+
+    def transform_for(self, width: int, height: int) -> ResizePad:
+        """The resize/pad transform that brings a ``width x height`` image to this backbone."""
+        return ResizePad(width, height, self.info.image_size, self.info.stride)
+
+    def prepare(self, images: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[ResizePad]]:
+        """Resize/pad images ``(3, H_i, W_i)`` in [0, 1] into one batch ``(B, 3, S, S)``."""
+        transforms = [self.transform_for(img.shape[-1], img.shape[-2]) for img in images]
+        device = self.device
+        batch = torch.cat(
+            [t.apply(img.to(device)[None]) for t, img in zip(transforms, images)], dim=0
+        )
+        return batch, transforms
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """Apply the backbone's mean/std to ``(B, 3, S, S)`` images in [0, 1]."""
+        mean = images.new_tensor(self.info.mean).view(1, 3, 1, 1)
+        std = images.new_tensor(self.info.std).view(1, 3, 1, 1)
+        return (images - mean) / std
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Dense features of normalised images.
+
+        Args:
+            images: ``(B, 3, S, S)`` after :meth:`normalize`.
+
+        Returns:
+            ``(B, C, S / stride, S / stride)`` feature maps (not necessarily unit-norm).
+        """
+        raise NotImplementedError
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Feature maps ``(B, C, h, w)`` of square images ``(B, 3, S, S)`` in [0, 1]."""
+        return self.features(self.normalize(images))
+
+    def extract(self, images: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[ResizePad]]:
+        """Features of original images ``(3, H_i, W_i)``: ``(B, C, h, w)`` and their transforms."""
+        batch, transforms = self.prepare(images)
+        with torch.inference_mode():
+            return self(batch), transforms
+
+
+BACKBONES: Registry[Backbone] = Registry("backbone")
+register_backbone = BACKBONES.register
+
+
+def create_backbone(name: str, weights: str | None = None, **options: object) -> Backbone:
+    """Build the backbone registered as ``name``.
+
+    Args:
+        name: see :func:`list_backbones`.
+        weights: a hub id, a local file or folder, or ``None`` for the default/weight-free.
+        **options: backbone-specific options (unknown ones are refused).
+
+    Raises:
+        UnknownNameError: for an unknown name.
+    """
+    constructor = BACKBONES.get(name)
+    return constructor(weights=weights, **options)
+
+
+def list_backbones() -> list[str]:
+    """Names of the registered backbones."""
+    return BACKBONES.names()

@@ -1,0 +1,13 @@
+"""Stage 0: reading images and writing results."""
+
+from semcorr.io.image import MAX_PIXELS, load_image, load_pil, pil_to_tensor
+from semcorr.io.files import atomic_write_bytes, atomic_write_json
+
+__all__ = [
+    "MAX_PIXELS",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "load_image",
+    "load_pil",
+    "pil_to_tensor",
+]

@@ -1,0 +1,278 @@
+"""The one-call matching job: source points → their places in many targets.
+
+:class:`Matcher` computes the source's features once (in every pose candidate), then streams the
+targets in batches: features → (pose choice) → similarity → refinement → original pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from semcorr.conventions import check_shape
+from semcorr.errors import InputError
+from semcorr.features.base import Backbone
+from semcorr.geometry import ResizePad, inside_image
+from semcorr.match.pose import (
+    FLIPPING_POSES,
+    apply_pose,
+    check_poses,
+    instance_matching_distance,
+    pose_points,
+)
+from semcorr.match.refine import Refiner, create_refiner
+from semcorr.match.similarity import cosine_similarity, sample_descriptors
+
+__all__ = ["MatchResult", "Matcher", "SourceFeatures"]
+
+
+@dataclass
+class MatchResult:
+    """Where the source points land in one target.
+
+    Attributes:
+        points: ``(N, 2)`` (x, y) in the target's original pixels.
+        scores: ``(N,)`` confidence (best cosine similarity, in [-1, 1]).
+        pose: the pose candidate of the source that was used.
+        pose_distances: instance matching distance of each candidate (empty without alignment).
+    """
+
+    points: torch.Tensor
+    scores: torch.Tensor
+    pose: str
+    pose_distances: dict[str, float]
+
+
+@dataclass
+class SourceFeatures:
+    """A source image's features in each pose candidate, computed once.
+
+    Attributes:
+        poses: candidate names, ``identity`` first.
+        features: ``(K, C, h, w)``.
+        transforms: one :class:`ResizePad` per candidate.
+        width, height: the original source size.
+    """
+
+    poses: tuple[str, ...]
+    features: torch.Tensor
+    transforms: list[ResizePad]
+    width: int
+    height: int
+
+    def valid_masks(self) -> torch.Tensor:
+        """``(K, h, w)`` content masks of the candidates."""
+        device = self.features.device
+        return torch.stack([t.valid_cells(device) for t in self.transforms])
+
+
+class Matcher:
+    """Transfers points from a source image to target images.
+
+    Args:
+        backbone: any registered dense backbone.
+        refine: refinement rule name (``argmax``, ``soft``, ``window``, ``kernel``) or a
+            :class:`~semcorr.match.refine.Refiner`.
+        window: window radius in feature cells for ``window`` (default 3).
+        temperature: softmax temperature for the soft rules (default: the rule's).
+        pose_align: choose among ``poses`` per target by instance matching distance.
+        poses: pose candidates tried when ``pose_align`` (``identity`` always included).
+        batch_size: targets per forward pass.
+        pose_grid: side of the grid the instance matching distance is computed on.
+
+    Example:
+        >>> matcher = Matcher(create_backbone("dense-sift"), refine="window")
+        >>> results = matcher.match(load_image("a.jpg"), [load_image("b.jpg")], points)
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        refine: str | Refiner = "window",
+        window: int | None = None,
+        temperature: float | None = None,
+        pose_align: bool = False,
+        poses: Sequence[str] = ("identity", "hflip"),
+        batch_size: int = 8,
+        pose_grid: int = 64,
+    ) -> None:
+        self.backbone = backbone.eval()
+        self.refiner = refine if isinstance(refine, Refiner) else self._make_refiner(
+            refine, window, temperature
+        )
+        self.pose_align = pose_align
+        self.poses = check_poses(poses) if pose_align else ("identity",)
+        if batch_size < 1:
+            raise InputError("batch_size must be at least 1")
+        self.batch_size = batch_size
+        self.pose_grid = pose_grid
+
+    @staticmethod
+    def _make_refiner(name: str, window: int | None, temperature: float | None) -> Refiner:
+        options: dict[str, float] = {}
+        if temperature is not None and name != "argmax":
+            options["temperature"] = temperature
+        if window is not None and name == "window":
+            options["radius"] = window
+        return create_refiner(name, **options)
+
+    @torch.inference_mode()
+    def source_features(self, image: torch.Tensor) -> SourceFeatures:
+        """Features of the source ``(3, H, W)`` in every pose candidate."""
+        check_shape(image, "3 H W", "source image")
+        posed = [apply_pose(image, pose) for pose in self.poses]
+        features, transforms = self.backbone.extract(posed)
+        return SourceFeatures(self.poses, features, transforms, image.shape[-1], image.shape[-2])
+
+    def _query_descriptors(
+        self,
+        source: SourceFeatures,
+        points: torch.Tensor,
+        flip_permutation: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Descriptors ``(K, N, C)`` of the points in every candidate's frame."""
+        rows = []
+        for k, pose in enumerate(source.poses):
+            query = points
+            if flip_permutation is not None and pose in FLIPPING_POSES:
+                query = points[flip_permutation]
+            posed = pose_points(query, source.width, source.height, pose)
+            cells = source.transforms[k].to_grid(posed.to(source.features.device))
+            rows.append(sample_descriptors(source.features[k : k + 1], cells[None])[0])
+        return torch.stack(rows)
+
+    @staticmethod
+    def _check_points(points: torch.Tensor, width: int, height: int) -> torch.Tensor:
+        points = torch.as_tensor(points, dtype=torch.float32)
+        if points.numel() == 0:
+            return points.reshape(0, 2)
+        check_shape(points, "N 2", "source points")
+        if not torch.isfinite(points).all():
+            raise InputError("source points must be finite numbers")
+        outside = (~inside_image(points, width, height)).nonzero().flatten().tolist()
+        if outside:
+            first = points[outside[0]].tolist()
+            raise InputError(
+                f"source point {outside[0]} ({first[0]:g}, {first[1]:g}) is outside the "
+                f"{width}x{height} source image"
+            )
+        return points
+
+    @staticmethod
+    def _check_permutation(perm: Sequence[int] | None, n: int) -> torch.Tensor | None:
+        if perm is None:
+            return None
+        perm_t = torch.as_tensor(list(perm), dtype=torch.long)
+        if perm_t.shape != (n,) or (perm_t >= n).any():
+            raise InputError(f"flip_permutation must hold {n} indices below {n} (-1 = none)")
+        return torch.where(perm_t < 0, torch.arange(n), perm_t)
+
+    @torch.inference_mode()
+    def match(
+        self,
+        source_image: torch.Tensor | SourceFeatures,
+        target_images: Iterable[torch.Tensor],
+        source_points: torch.Tensor | Sequence[Sequence[float]],
+        flip_permutation: Sequence[int] | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[MatchResult]:
+        """Find the source points in every target.
+
+        Args:
+            source_image: ``(3, H, W)`` in [0, 1], or features from :meth:`source_features`.
+            target_images: iterable of ``(3, H_i, W_i)`` images (streamed in batches).
+            source_points: ``(N, 2)`` (x, y) in source pixels.
+            flip_permutation: optional ``(N,)`` left/right partner index of each point (``-1``
+                for none), used for flipped pose candidates.
+            progress: called with the number of targets done after each batch.
+
+        Returns:
+            One :class:`MatchResult` per target, in order.
+        """
+        source = (
+            source_image
+            if isinstance(source_image, SourceFeatures)
+            else self.source_features(source_image)
+        )
+        points = self._check_points(source_points, source.width, source.height)
+        perm = self._check_permutation(flip_permutation, points.shape[0])
+        descriptors = self._query_descriptors(source, points, perm)  # (K, N, C)
+        results: list[MatchResult] = []
+        batch: list[torch.Tensor] = []
+        for image in target_images:
+            check_shape(image, "3 H W", "target image")
+            batch.append(image)
+            if len(batch) == self.batch_size:
+                results.extend(self._match_batch(source, descriptors, batch))
+                batch = []
+                if progress is not None:
+                    progress(self.batch_size)
+        if batch:
+            results.extend(self._match_batch(source, descriptors, batch))
+            if progress is not None:
+                progress(len(batch))
+        return results
+
+    def choose_poses(
+        self, source: SourceFeatures, target_features: torch.Tensor, target_masks: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pick a candidate per target.
+
+        Args:
+            source: the source's candidate features.
+            target_features: ``(B, C, h, w)``.
+            target_masks: ``(B, h, w)`` content masks.
+
+        Returns:
+            chosen: ``(B,)`` candidate index; distances: ``(K, B)``.
+        """
+        b = target_features.shape[0]
+        if len(source.poses) == 1:
+            return target_features.new_zeros(b, dtype=torch.long), target_features.new_zeros(1, b)
+        source_masks = source.valid_masks()
+        distances = torch.stack(
+            [
+                instance_matching_distance(
+                    source.features[k : k + 1].expand(b, -1, -1, -1),
+                    target_features,
+                    source_masks[k : k + 1].expand(b, -1, -1),
+                    target_masks,
+                    size=self.pose_grid,
+                )
+                for k in range(len(source.poses))
+            ]
+        )
+        return distances.argmin(dim=0), distances
+
+    def _match_batch(
+        self, source: SourceFeatures, descriptors: torch.Tensor, images: list[torch.Tensor]
+    ) -> list[MatchResult]:
+        features, transforms = self.backbone.extract(images)
+        masks = torch.stack([t.valid_cells(features.device) for t in transforms])  # (B, h, w)
+        chosen, distances = self.choose_poses(source, features, masks)
+        queries = descriptors.to(features.device)[chosen]  # (B, N, C)
+        if queries.shape[1] == 0:
+            cells = features.new_zeros(len(images), 0, 2)
+            scores = features.new_zeros(len(images), 0)
+        else:
+            similarity = cosine_similarity(queries, F.normalize(features, dim=1))
+            cells, scores = self.refiner(similarity, masks)
+        results = []
+        for i, transform in enumerate(transforms):
+            k = int(chosen[i])
+            results.append(
+                MatchResult(
+                    points=transform.from_grid(cells[i].float()).cpu(),
+                    scores=scores[i].float().cpu(),
+                    pose=source.poses[k],
+                    pose_distances=(
+                        {p: float(distances[j, i]) for j, p in enumerate(source.poses)}
+                        if self.pose_align
+                        else {}
+                    ),
+                )
+            )
+        return results

@@ -1,0 +1,3 @@
+"""Training: losses, data for training and trainers (imports nothing eagerly)."""
+
+__all__: list[str] = []

@@ -1,0 +1,376 @@
+"""Stable Diffusion U-Net decoder features through ``diffusers`` (extra ``sd``).
+
+Names: ``sd15`` (Stable Diffusion 1.5) and ``sd21`` (Stable Diffusion 2.1). Weights are a
+diffusers folder (``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``) or a
+hub id. One forward:
+
+1. the image, scaled to [-1, 1], is encoded by the VAE (mean of the latent distribution, times
+   the VAE's scaling factor);
+2. noise drawn from a fixed seed is added at ``timestep`` with the scheduler's ``add_noise``
+   (the same noise for every image of a batch, so an image's features never depend on its
+   batch); ``ensemble > 1`` averages the features of that many noise draws;
+3. the U-Net runs with the embedding of ``prompt`` (empty by default) and hooks read the
+   requested *parts*; the forward stops once the last part is read.
+
+A part is named by where it is read:
+
+* ``up_blocks.K``: the input of up-block ``K`` (the previous block's output);
+* ``up_blocks.K.resnets.J`` (``J >= 1``): the decoder half of the input of that block's ``J``-th
+  residual block, i.e. the previous layer's output *before* the skip connection is concatenated
+  (after FreeU's scaling when FreeU is on).
+
+GeoAware-SC's three maps (LDM ``output_blocks`` 2, 5 and 8) are :data:`GEOAWARE_PARTS`: for a
+960 px SD 1.5 input, ``s3`` 640 ch at 1/16 (60²), ``s4`` 1280 ch at 1/32, ``s5`` 1280 ch at 1/64.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from semcorr.conventions import check_shape
+from semcorr.errors import InputError, WeightsError
+from semcorr.features.base import PRECISIONS, Backbone, BackboneInfo, autocast, register_backbone
+from semcorr.hub import WeightsSource, load_from_pretrained, resolve_weights
+
+__all__ = [
+    "FREEU_GEOAWARE",
+    "GEOAWARE_PARTS",
+    "SD_VARIANTS",
+    "StableDiffusionFeatures",
+    "create_stable_diffusion",
+    "parse_part",
+]
+
+#: GeoAware-SC's parts (ODISE output blocks 8, 5, 2), finest first.
+GEOAWARE_PARTS: dict[str, str] = {
+    "s3": "up_blocks.2.resnets.2",
+    "s4": "up_blocks.1.resnets.2",
+    "s5": "up_blocks.0.resnets.2",
+}
+#: FreeU factors of GeoAware-SC's copy of ODISE.
+FREEU_GEOAWARE: dict[str, float] = {"s1": 0.9, "s2": 0.2, "b1": 1.2, "b2": 1.4}
+
+_PART = re.compile(r"^up_blocks\.(\d+)(?:\.resnets\.(\d+))?$")
+
+
+@dataclass(frozen=True)
+class SDVariant:
+    """Pretrained metadata of a Stable Diffusion model.
+
+    Attributes:
+        name: registry name.
+        hub_id: default Hugging Face repository (diffusers layout).
+        license: licence of the weights.
+    """
+
+    name: str
+    hub_id: str
+    license: str
+
+
+SD_VARIANTS: dict[str, SDVariant] = {
+    "sd15": SDVariant(
+        "sd15", "stable-diffusion-v1-5/stable-diffusion-v1-5", "CreativeML OpenRAIL-M"
+    ),
+    "sd21": SDVariant("sd21", "stabilityai/stable-diffusion-2-1", "CreativeML OpenRAIL++-M"),
+}
+
+
+def parse_part(spec: str, num_up_blocks: int) -> tuple[int, int | None]:
+    """``"up_blocks.K[.resnets.J]"`` → ``(K, J or None)``.
+
+    Raises:
+        InputError: for a malformed spec, a block out of range or ``J == 0``.
+    """
+    match = _PART.match(spec)
+    if match is None:
+        raise InputError(f"bad U-Net part {spec!r}: use 'up_blocks.K' or 'up_blocks.K.resnets.J'")
+    block = int(match.group(1))
+    resnet = None if match.group(2) is None else int(match.group(2))
+    if block >= num_up_blocks:
+        raise InputError(f"U-Net part {spec!r}: the U-Net has {num_up_blocks} up-blocks")
+    if resnet == 0:
+        raise InputError(f"U-Net part {spec!r}: resnets.0's input is up_blocks.{block}")
+    return block, resnet
+
+
+class _StopForward(Exception):
+    """Raised by the last hook: the rest of the U-Net is not needed."""
+
+
+class StableDiffusionFeatures(Backbone):
+    """Dense features read inside a Stable Diffusion U-Net (see the module docstring).
+
+    Args:
+        unet, vae: ``diffusers`` modules.
+        scheduler: a ``diffusers`` scheduler with ``add_noise``.
+        prompt_embedding: ``(1, L, D)`` text-encoder output used as conditioning.
+        info: metadata; ``stride`` is the finest part's.
+        parts: part name → spec, finest first by convention.
+        timestep: diffusion timestep at which the noise is added.
+        seed: seed of the noise.
+        ensemble: number of noise draws averaged.
+        freeu: FreeU factors ``{"s1", "s2", "b1", "b2"}`` or ``None``.
+        precision: ``fp32``, ``bf16`` or ``fp16`` autocast.
+    """
+
+    def __init__(
+        self,
+        unet: nn.Module,
+        vae: nn.Module,
+        scheduler: Any,
+        prompt_embedding: torch.Tensor,
+        *,
+        info: BackboneInfo,
+        parts: Mapping[str, str],
+        timestep: int,
+        seed: int,
+        ensemble: int,
+        freeu: Mapping[str, float] | None,
+        precision: str,
+    ) -> None:
+        super().__init__()
+        self.unet = unet.eval()
+        self.vae = vae.eval()
+        self.scheduler = scheduler
+        self.register_buffer("prompt_embedding", prompt_embedding, persistent=False)
+        self.info = info
+        self.parts = {name: parse_part(spec, len(unet.up_blocks)) for name, spec in parts.items()}
+        self.timestep = timestep
+        self.seed = seed
+        self.ensemble = ensemble
+        self.precision = precision
+        if freeu:
+            unet.enable_freeu(**{k: float(freeu[k]) for k in ("s1", "s2", "b1", "b2")})
+
+    def noise(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        """The fixed noise draws ``(ensemble, C, h, w)`` for latents of ``shape[1:]``."""
+        generator = torch.Generator().manual_seed(self.seed)
+        noise = torch.randn((self.ensemble, *shape[1:]), generator=generator)
+        return noise.to(device=like.device, dtype=like.dtype)
+
+    def latents(self, images: torch.Tensor) -> torch.Tensor:
+        """VAE latents ``(B, 4, H / f, W / f)`` of images in [-1, 1]."""
+        posterior = self.vae.encode(images).latent_dist
+        return posterior.mean * self.vae.config.scaling_factor
+
+    def _hooks(self, store: dict[str, torch.Tensor]) -> list[Any]:
+        handles = []
+        wanted = len(self.parts)
+
+        def keep(name: str, tensor: torch.Tensor, channels: int | None) -> None:
+            store[name] = tensor if channels is None else tensor[:, :channels]
+            if len(store) == wanted:
+                raise _StopForward
+
+        for name, (block_index, resnet_index) in self.parts.items():
+            block = self.unet.up_blocks[block_index]
+            if resnet_index is None:
+                def hook(module: nn.Module, args: tuple, kwargs: dict, name: str = name) -> None:
+                    hidden = args[0] if args else kwargs["hidden_states"]
+                    keep(name, hidden, None)
+            else:
+                resnet = block.resnets[resnet_index]
+                channels = block.resnets[resnet_index - 1].out_channels
+
+                def hook(
+                    module: nn.Module, args: tuple, kwargs: dict, name: str = name,
+                    channels: int = channels,
+                ) -> None:
+                    hidden = args[0] if args else kwargs["input_tensor"]
+                    keep(name, hidden, channels)
+
+                block = resnet
+            handles.append(block.register_forward_pre_hook(hook, with_kwargs=True))
+        return handles
+
+    def unet_parts(self, latents: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Parts read from one U-Net pass over noisy ``latents`` ``(N, 4, h, w)``."""
+        store: dict[str, torch.Tensor] = {}
+        handles = self._hooks(store)
+        t = torch.full((latents.shape[0],), self.timestep, device=latents.device, dtype=torch.long)
+        context = self.prompt_embedding.to(latents.dtype).expand(latents.shape[0], -1, -1)
+        try:
+            self.unet(latents, t, encoder_hidden_states=context)
+        except _StopForward:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+        return {name: store[name] for name in self.parts}
+
+    def feature_parts(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The raw parts of normalised images (in [-1, 1]).
+
+        Args:
+            images: ``(B, 3, S, S)``.
+
+        Returns:
+            ``{name: (B, C_k, h_k, w_k)}`` in the order of ``parts``, averaged over the
+            ensemble of noise draws.
+        """
+        check_shape(images, "B 3 H W", "images")
+        with autocast(images.device, self.precision):
+            latents = self.latents(images)
+            noise = self.noise(tuple(latents.shape), latents)  # (E, C, h, w)
+            b, e = latents.shape[0], self.ensemble
+            clean = latents[:, None].expand(-1, e, -1, -1, -1).reshape(b * e, *latents.shape[1:])
+            draws = noise[None].expand(b, -1, -1, -1, -1).reshape(b * e, *latents.shape[1:])
+            t = torch.full((b * e,), self.timestep, device=latents.device, dtype=torch.long)
+            noisy = self.scheduler.add_noise(clean, draws, t)
+            parts = self.unet_parts(noisy)
+        return {
+            name: part.float().reshape(b, e, *part.shape[1:]).mean(dim=1).to(images.dtype)
+            for name, part in parts.items()
+        }
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Parts resampled (bilinear) to the finest grid, each L2-normalised, concatenated and
+        scaled by ``1 / sqrt(#parts)`` (unit norm per cell).
+
+        Args:
+            images: ``(B, 3, S, S)`` normalised.
+
+        Returns:
+            ``(B, sum C_k, S / stride, S / stride)``.
+        """
+        parts = list(self.feature_parts(images).values())
+        size = max((p.shape[-2:] for p in parts), key=lambda s: s[0] * s[1])
+        resampled = [
+            F.normalize(
+                F.interpolate(p, size=size, mode="bilinear", align_corners=False)
+                if p.shape[-2:] != size else p,
+                dim=1,
+            )
+            for p in parts
+        ]
+        return torch.cat(resampled, dim=1) / math.sqrt(len(resampled))
+
+
+def _num_downsamplers(unet: nn.Module) -> int:
+    return sum(1 for block in unet.down_blocks if getattr(block, "downsamplers", None))
+
+
+def part_strides(unet: nn.Module, vae_factor: int, parts: Mapping[str, str]) -> dict[str, int]:
+    """Input pixels per cell of every part, from the U-Net's structure."""
+    down = _num_downsamplers(unet)
+    strides = {}
+    for name, spec in parts.items():
+        index, _ = parse_part(spec, len(unet.up_blocks))
+        ups = sum(1 for block in unet.up_blocks[:index] if getattr(block, "upsamplers", None))
+        strides[name] = vae_factor * 2 ** (down - ups)
+    return strides
+
+
+def _text_embedding(source: WeightsSource, prompt: str) -> torch.Tensor:
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    tokenizer = load_from_pretrained(AutoTokenizer.from_pretrained, source, subfolder="tokenizer")
+    encoder = load_from_pretrained(CLIPTextModel.from_pretrained, source, subfolder="text_encoder")
+    tokens = tokenizer(
+        prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+        return_tensors="pt",
+    )
+    with torch.no_grad():
+        return encoder.eval()(tokens.input_ids)[0]
+
+
+def _load_sd(source: WeightsSource) -> tuple[nn.Module, nn.Module, Any]:
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
+    unet = load_from_pretrained(UNet2DConditionModel.from_pretrained, source, subfolder="unet")
+    vae = load_from_pretrained(AutoencoderKL.from_pretrained, source, subfolder="vae")
+    scheduler = load_from_pretrained(DDPMScheduler.from_pretrained, source, subfolder="scheduler")
+    return unet, vae, scheduler
+
+
+def create_stable_diffusion(
+    name: str,
+    *,
+    weights: str | None = None,
+    parts: Mapping[str, str] | None = None,
+    image_size: int = 960,
+    timestep: int = 50,
+    seed: int = 0,
+    ensemble: int = 1,
+    prompt: str = "",
+    freeu: Mapping[str, float] | None = None,
+    precision: str = "fp32",
+) -> StableDiffusionFeatures:
+    """Build the Stable Diffusion backbone ``name`` (``sd15`` or ``sd21``).
+
+    Args:
+        name: registry name.
+        weights: diffusers folder or hub id; ``None`` → ``$SEMCORR_WEIGHTS/<name>`` if present,
+            else the official hub id.
+        parts: part name → spec (default :data:`GEOAWARE_PARTS`).
+        image_size: side of the square input (a multiple of the coarsest part's stride).
+        timestep: diffusion timestep of the added noise.
+        seed: seed of the noise.
+        ensemble: noise draws averaged.
+        prompt: conditioning text (empty prompt by default).
+        freeu: FreeU factors (e.g. :data:`FREEU_GEOAWARE`) or ``None``.
+        precision: ``fp32``, ``bf16`` or ``fp16`` autocast.
+    """
+    variant = SD_VARIANTS[name]
+    if precision not in PRECISIONS:
+        raise InputError(f"{name}: precision must be one of {sorted(PRECISIONS)}")
+    if ensemble < 1:
+        raise InputError(f"{name}: ensemble must be at least 1")
+    if freeu is not None and set(freeu) != {"s1", "s2", "b1", "b2"}:
+        raise InputError(f"{name}: freeu needs exactly the factors s1, s2, b1, b2")
+    parts = dict(parts or GEOAWARE_PARTS)
+    if not parts:
+        raise InputError(f"{name}: at least one part is needed")
+    source = resolve_weights(weights, name=name, default=variant.hub_id)
+    if source.is_file:
+        raise WeightsError(
+            f"{source.location}: {name!r} needs a diffusers folder (unet/, vae/, text_encoder/, "
+            "tokenizer/, scheduler/), not a single checkpoint file"
+        )
+    unet, vae, scheduler = _load_sd(source)
+    if not 0 <= timestep < scheduler.config.num_train_timesteps:
+        raise InputError(f"{name}: timestep must be in [0, {scheduler.config.num_train_timesteps})")
+    vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    strides = part_strides(unet, vae_factor, parts)
+    coarsest = vae_factor * 2 ** _num_downsamplers(unet)  # the U-Net's bottleneck cell
+    if image_size % coarsest:
+        raise InputError(f"{name}: image_size {image_size} must be a multiple of {coarsest}")
+    info = BackboneInfo(
+        name=name,
+        stride=min(strides.values()),
+        image_size=image_size,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        weights=source.location,
+        license=variant.license,
+        extra={"part_strides": strides, "timestep": timestep, "ensemble": ensemble},
+    )
+    return StableDiffusionFeatures(
+        unet, vae, scheduler, _text_embedding(source, prompt),
+        info=info, parts=parts, timestep=timestep, seed=seed, ensemble=ensemble,
+        freeu=freeu, precision=precision,
+    )
+
+
+def _register(name: str) -> None:
+    def constructor(*, weights: str | None = None, **options: Any) -> StableDiffusionFeatures:
+        try:
+            return create_stable_diffusion(name, weights=weights, **options)
+        except TypeError as exc:
+            raise InputError(f"{name}: {exc}") from None
+
+    constructor.__doc__ = f"Stable Diffusion backbone {name!r}; see create_stable_diffusion."
+    register_backbone(name)(constructor)
+
+
+for _name in SD_VARIANTS:
+    _register(_name)

@@ -109,6 +109,12 @@ def run_match(
 
 
 def _run(args: argparse.Namespace) -> int:
+    from semcorr.features.local import list_local_features
+
+    if args.backbone in list_local_features():
+        from semcorr.cli.keypoints import run_sparse_match
+
+        return run_sparse_match(args)
     points = parse_points(args.points)
     backbone = backbone_from_args(args)
     matcher = Matcher(

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -15,6 +16,8 @@ __all__ = [
     "BACKBONES",
     "Backbone",
     "BackboneInfo",
+    "PRECISIONS",
+    "autocast",
     "create_backbone",
     "list_backbones",
     "register_backbone",
@@ -100,6 +103,18 @@ class Backbone(nn.Module):
         """
         raise NotImplementedError
 
+    def feature_parts(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Named parts of the features of normalised images (for fusion).
+
+        Args:
+            images: ``(B, 3, S, S)`` after :meth:`normalize`.
+
+        Returns:
+            ``{part name: (B, C_k, h_k, w_k)}``; a single-part backbone returns
+            ``{info.name: features(images)}``. Parts may have different grids.
+        """
+        return {self.info.name: self.features(images)}
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Feature maps ``(B, C, h, w)`` of square images ``(B, 3, S, S)`` in [0, 1]."""
         return self.features(self.normalize(images))
@@ -109,6 +124,30 @@ class Backbone(nn.Module):
         batch, transforms = self.prepare(images)
         with torch.inference_mode():
             return self(batch), transforms
+
+
+#: Names of the computation precisions a backbone may run in (``fp32`` = no autocast).
+PRECISIONS: dict[str, torch.dtype | None] = {
+    "fp32": None,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device, precision: str = "fp32") -> Iterator[None]:
+    """Mixed-precision context for a backbone's forward on ``device`` (CPU included).
+
+    Args:
+        device: where the computation runs (from the inputs).
+        precision: ``fp32`` (no autocast), ``bf16`` or ``fp16``.
+    """
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        yield
+        return
+    with torch.autocast(device_type=device.type, dtype=dtype):
+        yield
 
 
 BACKBONES: Registry[Backbone] = Registry("backbone")

@@ -91,7 +91,7 @@ class DenseSIFT(Backbone):
         *,
         image_size: int = 256,
         stride: int = 4,
-        bin_sizes: Sequence[int] = (4, 8, 16),
+        bin_sizes: Sequence[int] = (8, 16, 32, 64),
         num_orientations: int = 8,
         sigma: float = 0.8,
     ) -> None:

@@ -39,17 +39,19 @@ def masked_scores(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tens
 
 
 def _grid(h: int, w: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cell x and y coordinates ``(h, w)`` each, on ``like``'s device, in float32."""
-    ys = torch.arange(h, device=like.device, dtype=torch.float32)
-    xs = torch.arange(w, device=like.device, dtype=torch.float32)
+    """Cell x and y coordinates ``(h, w)`` each, on ``like``'s device (float32 at least)."""
+    dtype = torch.promote_types(like.dtype, torch.float32)
+    ys = torch.arange(h, device=like.device, dtype=dtype)
+    xs = torch.arange(w, device=like.device, dtype=dtype)
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
     return gx, gy
 
 
 def _expectation(logits: torch.Tensor) -> torch.Tensor:
-    """Soft-argmax of logits ``(B, N, h, w)`` → ``(B, N, 2)``, computed in float32."""
+    """Soft-argmax of logits ``(B, N, h, w)`` → ``(B, N, 2)``, computed in float32 at least."""
     b, n, h, w = logits.shape
-    probs = torch.softmax(logits.float().reshape(b, n, h * w), dim=-1).view(b, n, h, w)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    probs = torch.softmax(logits.reshape(b, n, h * w), dim=-1).view(b, n, h, w)
     gx, gy = _grid(h, w, logits)
     x = (probs * gx).sum(dim=(-2, -1))
     y = (probs * gy).sum(dim=(-2, -1))
@@ -150,7 +152,7 @@ def kernel_soft_argmax2d(
     peak, _ = argmax2d(scores)
     gx, gy = _grid(dims["h"], dims["w"], scores)
     dist2 = (gx - peak[..., 0, None, None]) ** 2 + (gy - peak[..., 1, None, None]) ** 2
-    return _expectation(scores.float() / temperature - dist2 / (2 * sigma**2))
+    return _expectation(scores / temperature - dist2 / (2 * sigma**2))
 
 
 def mutual_nearest_neighbors(

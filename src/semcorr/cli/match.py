@@ -33,7 +33,9 @@ def parse_points(text: str) -> torch.Tensor:
         try:
             data = [[float(v) for v in item.split(",")] for item in text.split(";") if item.strip()]
         except ValueError:
-            raise InputError(f"malformed --points {text!r}: expected 'x,y;x,y'") from None
+            data = None
+        if data is None or any(len(p) != 2 for p in data):
+            raise InputError(f"malformed --points {text!r}: expected 'x,y;x,y'")
         source = "--points"
     if not isinstance(data, list) or not all(
         isinstance(p, (list, tuple))

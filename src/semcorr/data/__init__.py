@@ -1,0 +1,20 @@
+"""Benchmark datasets in their official on-disk layouts, yielding :class:`PairSample`."""
+
+from semcorr.data import ap10k, cub, keypoints_json, pfpascal, pfwillow, spair  # noqa: F401
+from semcorr.data.base import (
+    DATASETS,
+    PairDataset,
+    PairSample,
+    create_dataset,
+    list_datasets,
+    register_dataset,
+)
+
+__all__ = [
+    "DATASETS",
+    "PairDataset",
+    "PairSample",
+    "create_dataset",
+    "list_datasets",
+    "register_dataset",
+]

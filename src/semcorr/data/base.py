@@ -1,0 +1,243 @@
+"""Benchmark datasets: the :class:`PairSample` every loader yields and the dataset registry.
+
+A dataset is a sequence of annotated image pairs read from the official on-disk layout. Points
+follow :mod:`semcorr.conventions`: ``(x, y)`` in original pixels, ``(0, 0)`` the centre of the
+top-left pixel. Keypoints that are not annotated in an image are stored as ``(-1, -1)``; the
+``visible`` mask (annotated in *both* images) is what counts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from semcorr.errors import ImageError, InputError
+from semcorr.registry import Registry
+
+__all__ = [
+    "DATASETS",
+    "PairDataset",
+    "PairSample",
+    "create_dataset",
+    "flip_permutation_from_pairs",
+    "group_ids_from_groups",
+    "image_size",
+    "list_datasets",
+    "read_json",
+    "register_dataset",
+    "require_dir",
+    "require_file",
+]
+
+
+@dataclass(frozen=True)
+class PairSample:
+    """One annotated source → target pair.
+
+    Attributes:
+        source_path, target_path: the image files.
+        source_points, target_points: ``(N, 2)`` float (x, y) in original pixels; ``(-1, -1)``
+            where a keypoint is not annotated in that image.
+        visible: ``(N,)`` bool, annotated in both images (the points PCK is computed on).
+        category: class name (the unit of per-category results).
+        source_bbox, target_bbox: ``(4,)`` float ``x1, y1, x2, y2`` or ``None``.
+        source_size, target_size: ``(width, height)`` in pixels.
+        pck_reference: the length in pixels that a PCK threshold α multiplies.
+        keypoint_ids: ``(N,)`` long, the dataset's keypoint index of each row.
+        flip_permutation: ``(N,)`` long, row of the left/right partner (``-1`` = no partner
+            among the N rows).
+        pair_id: unique, stable name of the pair within its dataset and split.
+        extra: dataset-specific fields (difficulty flags, ...), JSON-serialisable.
+        target_visible: ``(N,)`` bool, annotated in the target (``visible`` when ``None``).
+        symmetry_groups: ``(N,)`` long, id of the keypoint's symmetry group as defined by
+            GeoAware-SC (``-1`` = none); used for the geometry-aware subset.
+    """
+
+    source_path: Path
+    target_path: Path
+    source_points: torch.Tensor
+    target_points: torch.Tensor
+    visible: torch.Tensor
+    category: str
+    source_bbox: torch.Tensor | None
+    target_bbox: torch.Tensor | None
+    source_size: tuple[int, int]
+    target_size: tuple[int, int]
+    pck_reference: float
+    keypoint_ids: torch.Tensor
+    flip_permutation: torch.Tensor
+    pair_id: str
+    extra: dict[str, Any] = field(default_factory=dict)
+    target_visible: torch.Tensor | None = None
+    symmetry_groups: torch.Tensor | None = None
+
+    @property
+    def num_keypoints(self) -> int:
+        return int(self.source_points.shape[0])
+
+    def geometry_aware(self) -> torch.Tensor:
+        """``(N,)`` bool: the GeoAware-SC geometry-aware keypoints of this pair.
+
+        A keypoint is geometry-aware when it is visible in both images and its symmetry group
+        has at least two members annotated in the target.
+        """
+        n = self.num_keypoints
+        if self.symmetry_groups is None or n == 0:
+            return torch.zeros(n, dtype=torch.bool)
+        groups = self.symmetry_groups
+        in_target = self.visible if self.target_visible is None else self.target_visible
+        has_group = groups >= 0
+        safe = groups.clamp_min(0)
+        counts = torch.zeros(int(safe.max()) + 1, dtype=torch.long)
+        counts.index_add_(
+            0, safe[has_group & in_target], torch.ones_like(safe[has_group & in_target])
+        )
+        return self.visible & has_group & (counts[safe] >= 2)
+
+
+class PairDataset(Sequence[PairSample]):
+    """Base class of the benchmark datasets: a sequence of :class:`PairSample`.
+
+    Subclasses fill ``self.name``, ``self.split``, ``self.root`` and implement ``__len__``,
+    :meth:`sample` and :meth:`image_paths`. ``protocol`` describes how PCK is computed.
+    """
+
+    name: str = ""
+    split: str = "test"
+    root: Path
+    #: ``normalisation``: ``bbox`` | ``image`` | ``keypoints``; ``average``: ``pairs`` (overall
+    #: per-image PCK = mean over all pairs) or ``categories`` (mean over categories of the
+    #: per-category mean over pairs).
+    protocol: dict[str, str] = {"normalisation": "bbox", "average": "pairs"}
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def sample(self, index: int) -> PairSample:
+        """The ``index``-th pair (``0 <= index < len(self)``)."""
+        raise NotImplementedError
+
+    def image_paths(self) -> list[Path]:
+        """The unique image files the pairs use, sorted."""
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> PairSample:  # type: ignore[override]
+        if not isinstance(index, int):
+            raise TypeError("datasets are indexed by int")
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return self.sample(index)
+
+    def __iter__(self) -> Iterator[PairSample]:
+        for index in range(len(self)):
+            yield self.sample(index)
+
+    def __repr__(self) -> str:
+        name = type(self).__name__
+        return f"{name}(root={str(self.root)!r}, split={self.split!r}, pairs={len(self)})"
+
+
+DATASETS: Registry[PairDataset] = Registry("dataset")
+register_dataset = DATASETS.register
+
+
+def create_dataset(
+    name: str, root: str | os.PathLike[str], split: str = "test", **options: Any
+) -> PairDataset:
+    """Open the dataset registered as ``name`` from its official layout under ``root``.
+
+    Raises:
+        UnknownNameError: for an unknown name.
+        InputError: naming the missing or malformed file when the folder is incomplete.
+    """
+    constructor = DATASETS.get(name)
+    try:
+        return constructor(root=Path(root), split=split, **options)
+    except TypeError as exc:
+        raise InputError(f"dataset {name}: {exc}") from None
+
+
+def list_datasets() -> list[str]:
+    """Names of the registered datasets."""
+    return DATASETS.names()
+
+
+# --- helpers shared by the loaders -------------------------------------------------------------
+
+
+def require_dir(path: Path, what: str = "folder") -> Path:
+    """``path`` if it is a folder, else an :class:`InputError` naming it."""
+    if not path.is_dir():
+        raise InputError(f"{path}: missing {what}")
+    return path
+
+
+def require_file(path: Path, what: str = "file") -> Path:
+    """``path`` if it is a file, else an :class:`InputError` naming it."""
+    if not path.is_file():
+        raise InputError(f"{path}: missing {what}")
+    return path
+
+
+def read_json(path: Path) -> Any:
+    """Parse a JSON annotation file, with an :class:`InputError` naming it when bad."""
+    require_file(path, "annotation file")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not valid JSON ({exc})") from None
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """``(width, height)`` of an image file from its header.
+
+    Raises:
+        ImageError: naming the file when it is missing or unreadable.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.is_file():
+        raise ImageError(f"{path}: no such image file")
+    try:
+        with Image.open(path) as img:
+            return int(img.size[0]), int(img.size[1])
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise ImageError(f"{path}: not a readable image ({exc})") from None
+
+
+def flip_permutation_from_pairs(num_keypoints: int, pairs: Sequence[Sequence[int]]) -> torch.Tensor:
+    """``(K,)`` long left/right partner of each keypoint id (``-1`` = none).
+
+    Args:
+        num_keypoints: K, the number of keypoint ids of the category.
+        pairs: ``(left, right)`` id pairs; ids ``>= K`` are ignored.
+    """
+    perm = torch.full((num_keypoints,), -1, dtype=torch.long)
+    if pairs:
+        idx = torch.tensor([list(p) for p in pairs], dtype=torch.long)
+        idx = idx[(idx < num_keypoints).all(dim=1)]
+        perm[idx[:, 0]] = idx[:, 1]
+        perm[idx[:, 1]] = idx[:, 0]
+    return perm
+
+
+def group_ids_from_groups(num_keypoints: int, groups: Sequence[Sequence[int]]) -> torch.Tensor:
+    """``(K,)`` long symmetry-group id of each keypoint id (``-1`` = in no group).
+
+    Args:
+        num_keypoints: K.
+        groups: lists of keypoint ids that are symmetric to each other; ids ``>= K`` ignored.
+    """
+    out = torch.full((num_keypoints,), -1, dtype=torch.long)
+    for gid, members in enumerate(groups):
+        idx = torch.tensor([m for m in members if m < num_keypoints], dtype=torch.long)
+        out[idx] = gid
+    return out

@@ -1,0 +1,131 @@
+"""PF-WILLOW (Ham et al., "Proposal Flow", CVPR 2016) in its original layout.
+
+::
+
+    ROOT/<class>/<name>.png      e.g. ROOT/car(G)/Cars_006a.png
+    ROOT/<class>/<name>.mat      ``pts_coord``: 2 x 10 (row 0 = x, row 1 = y), MATLAB 1-based
+
+The 10 class folders hold 10 images each; the benchmark uses all 90 ordered pairs of distinct
+images per class (900 pairs). PCK uses α times the larger side of the bounding box of the
+*target* keypoints, is averaged over the pairs of a class, then over the classes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from semcorr.data.base import (
+    PairDataset,
+    PairSample,
+    image_size,
+    register_dataset,
+    require_dir,
+)
+from semcorr.errors import InputError
+
+__all__ = ["PFWillow", "keypoint_extent", "read_willow_points"]
+
+
+def read_willow_points(path: Path) -> torch.Tensor:
+    """Keypoints ``(N, 2)`` of a PF-WILLOW ``.mat`` in semcorr's frame (1-based offset removed).
+
+    Raises:
+        InputError: naming the file when it is missing, unreadable or lacks ``pts_coord``.
+    """
+    import scipy.io
+
+    if not path.is_file():
+        raise InputError(f"{path}: missing keypoint file")
+    try:
+        mat = scipy.io.loadmat(str(path))
+    except (ValueError, OSError, TypeError) as exc:
+        raise InputError(f"{path}: not a readable .mat file ({exc})") from None
+    coords = mat.get("pts_coord")
+    if coords is None or coords.ndim != 2 or coords.shape[0] != 2:
+        raise InputError(f"{path}: expected a 2 x N array 'pts_coord'")
+    return torch.as_tensor(coords.T.astype("float32")) - 1.0
+
+
+def keypoint_extent(points: torch.Tensor) -> torch.Tensor:
+    """Larger side of the bounding box of points ``(..., N, 2)`` → ``(...)``."""
+    extent = points.amax(dim=-2) - points.amin(dim=-2)
+    return extent.amax(dim=-1)
+
+
+class PFWillow(PairDataset):
+    """PF-WILLOW: 10 classes, 900 ordered pairs.
+
+    Args:
+        root: the folder holding the class folders.
+        split: only ``test`` exists.
+        category: restrict to one class folder.
+    """
+
+    name = "pf-willow"
+    protocol = {"normalisation": "keypoints", "average": "categories"}
+
+    def __init__(self, root: Path, split: str = "test", category: str | None = None) -> None:
+        if split != "test":
+            raise InputError(f"pf-willow has only the 'test' split, not {split!r}")
+        self.root = require_dir(Path(root), "PF-WILLOW folder")
+        self.split = split
+        classes = sorted(p.name for p in self.root.iterdir() if p.is_dir())
+        if category is not None:
+            if category not in classes:
+                raise InputError(f"{self.root / category}: missing class folder")
+            classes = [category]
+        if not classes:
+            raise InputError(f"{self.root}: no class folders (expected e.g. 'car(G)/')")
+        self._images: dict[str, list[Path]] = {}
+        self._points: dict[Path, torch.Tensor] = {}
+        for cls in classes:
+            images = sorted((self.root / cls).glob("*.png"))
+            if len(images) < 2:
+                raise InputError(f"{self.root / cls}: fewer than 2 .png images")
+            for image in images:
+                self._points[image] = read_willow_points(image.with_suffix(".mat"))
+            self._images[cls] = images
+        self._pairs = [
+            (cls, i, j)
+            for cls, images in self._images.items()
+            for i in range(len(images))
+            for j in range(len(images))
+            if i != j
+        ]
+
+    def __len__(self) -> int:
+        return len(self._pairs)
+
+    def image_paths(self) -> list[Path]:
+        return sorted(self._points)
+
+    def sample(self, index: int) -> PairSample:
+        cls, i, j = self._pairs[index]
+        source, target = self._images[cls][i], self._images[cls][j]
+        src_pts, trg_pts = self._points[source], self._points[target]
+        n = min(src_pts.shape[0], trg_pts.shape[0])
+        src_pts, trg_pts = src_pts[:n], trg_pts[:n]
+        return PairSample(
+            source_path=source,
+            target_path=target,
+            source_points=src_pts,
+            target_points=trg_pts,
+            visible=torch.ones(n, dtype=torch.bool),
+            category=cls,
+            source_bbox=None,
+            target_bbox=None,
+            source_size=image_size(source),
+            target_size=image_size(target),
+            pck_reference=float(keypoint_extent(trg_pts)),
+            keypoint_ids=torch.arange(n),
+            flip_permutation=torch.full((n,), -1, dtype=torch.long),
+            pair_id=f"{cls}/{source.stem}-{target.stem}",
+        )
+
+
+@register_dataset("pf-willow")
+def pf_willow(*, root: Path, split: str = "test", category: str | None = None) -> PFWillow:
+    """PF-WILLOW from its class folders (see :class:`PFWillow`)."""
+    return PFWillow(root, split, category)

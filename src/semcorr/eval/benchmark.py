@@ -1,0 +1,408 @@
+"""Stage 4: evaluate a :class:`~semcorr.Matcher` on a benchmark dataset.
+
+:func:`evaluate` runs in two passes, like glue-factory's ``EvalPipeline``:
+
+1. **export**: predict every pair and append one JSON line per pair to
+   ``OUT/predictions.jsonl`` (flushed per line; a rerun skips the pairs already there, so a
+   killed run resumes). ``OUT/config.json`` records the matcher and dataset; a rerun with a
+   different configuration is refused unless ``overwrite``. A pair whose image cannot be read is
+   recorded as skipped, counted and reported; it never ends the run.
+2. **metrics**: stream the predictions file through :class:`~semcorr.eval.pck.PCKAccumulator`
+   and write ``OUT/results.json``, ``OUT/results.md`` and ``OUT/pck_curve.png``.
+
+Memory stays flat in the number of pairs: predictions go to disk as they are made, metrics are
+running sums, and source features are kept in a small LRU cache keyed by image path.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from semcorr.data.base import PairDataset, PairSample
+from semcorr.errors import ImageError, InputError
+from semcorr.eval.pck import DEFAULT_THRESHOLDS, PCKAccumulator, format_threshold, pck_correct
+from semcorr.io import atomic_write_bytes, atomic_write_json, load_image
+from semcorr.pipeline import Matcher, SourceFeatures
+
+__all__ = [
+    "CURVE_ALPHAS",
+    "FeatureLRU",
+    "compute_metrics",
+    "describe_matcher",
+    "evaluate",
+    "export_predictions",
+    "read_predictions",
+]
+
+#: α values of the PCK-vs-α curve (0.01 to 0.20), added to the reported thresholds.
+CURVE_ALPHAS: tuple[float, ...] = tuple(round(0.01 * k, 2) for k in range(1, 21))
+
+PREDICTIONS = "predictions.jsonl"
+CONFIG = "config.json"
+RESULTS = "results.json"
+TABLE = "results.md"
+CURVE = "pck_curve.png"
+_MAX_LISTED_SKIPS = 100
+
+
+class FeatureLRU:
+    """A bounded cache of source features keyed by image path (least recently used out).
+
+    Args:
+        matcher: computes the features.
+        size: the most images kept.
+    """
+
+    def __init__(self, matcher: Matcher, size: int = 4) -> None:
+        self.matcher = matcher
+        self.size = max(0, size)
+        self._items: OrderedDict[str, SourceFeatures] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def __call__(self, path: Path) -> SourceFeatures:
+        key = str(path)
+        if key in self._items:
+            self._items.move_to_end(key)
+            self.hits += 1
+            return self._items[key]
+        self.misses += 1
+        features = self.matcher.source_features(load_image(path))
+        if self.size:
+            self._items[key] = features
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return features
+
+
+def _simple(value: Any) -> Any:
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (tuple, list)) and all(
+        isinstance(v, (str, int, float, bool)) for v in value
+    ):
+        return list(value)
+    return None
+
+
+def _public_options(module: Any) -> dict[str, Any]:
+    return {
+        k: _simple(v)
+        for k, v in sorted(vars(module).items())
+        if not k.startswith("_") and k != "training" and _simple(v) is not None
+    }
+
+
+def describe_matcher(matcher: Matcher) -> dict[str, Any]:
+    """A JSON description of the matcher: backbone, its options, refinement rule, pose choice."""
+    info = matcher.backbone.info
+    return {
+        "backbone": info.name,
+        "image_size": info.image_size,
+        "stride": info.stride,
+        "backbone_options": _public_options(matcher.backbone),
+        "refine": type(matcher.refiner).__name__,
+        "refine_options": _public_options(matcher.refiner),
+        "pose_align": matcher.pose_align,
+        "poses": list(matcher.poses),
+    }
+
+
+def read_predictions(path: Path) -> Iterator[dict[str, Any]]:
+    """Stream the records of a predictions file, ignoring a torn last line."""
+    if not path.is_file():
+        return
+    with path.open("r", encoding="utf-8") as handle:
+        for line in handle:
+            if not line.endswith("\n"):
+                return  # torn write of a killed run
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                continue
+
+
+def _repair(path: Path) -> set[str]:
+    """Drop a torn last line of ``path``; return the pair ids already recorded."""
+    if not path.is_file():
+        return set()
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with path.open("r+b") as handle:
+            handle.truncate(data.rfind(b"\n") + 1)
+    return {record["pair_id"] for record in read_predictions(path) if "pair_id" in record}
+
+
+def _check_config(out_dir: Path, config: dict[str, Any], overwrite: bool) -> None:
+    path = out_dir / CONFIG
+    predictions = out_dir / PREDICTIONS
+    if path.is_file() and not overwrite:
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            old = None
+        if old != json.loads(json.dumps(config)) and predictions.is_file():
+            raise InputError(
+                f"{path}: {out_dir} holds predictions made with another configuration; "
+                "use another --out folder or --overwrite"
+            )
+    if overwrite:
+        predictions.unlink(missing_ok=True)
+    atomic_write_json(path, config)
+
+
+def _predict(matcher: Matcher, sources: FeatureLRU, sample: PairSample) -> dict[str, Any]:
+    """One prediction record: points for the visible keypoints, ground truth, reference."""
+    visible = sample.visible
+    rows = visible.nonzero().flatten()
+    record: dict[str, Any] = {
+        "pair_id": sample.pair_id,
+        "category": sample.category,
+        "reference": sample.pck_reference,
+        "keypoint_ids": sample.keypoint_ids[rows].tolist(),
+        "gt": sample.target_points[rows].tolist(),
+        "geo_aware": sample.geometry_aware()[rows].tolist(),
+    }
+    if rows.numel() == 0:
+        record.update(pred=[], scores=[], pose="identity")
+        return record
+    source = sources(sample.source_path)
+    target = load_image(sample.target_path)
+    points = sample.source_points[rows].float()
+    points = torch.stack(  # annotations a hair outside the image are pulled onto its border
+        [points[:, 0].clamp(0, source.width - 1), points[:, 1].clamp(0, source.height - 1)], dim=1
+    )
+    # partners among the visible rows only
+    new_index = torch.full((sample.num_keypoints,), -1, dtype=torch.long)
+    new_index[rows] = torch.arange(rows.numel())
+    partner = sample.flip_permutation[rows]
+    perm = torch.where(partner >= 0, new_index[partner.clamp_min(0)], partner)
+    result = matcher.match(source, [target], points, flip_permutation=perm.tolist())[0]
+    record.update(pred=result.points.tolist(), scores=result.scores.tolist(), pose=result.pose)
+    return record
+
+
+def export_predictions(
+    matcher: Matcher,
+    dataset: PairDataset,
+    out_dir: Path,
+    limit: int | None = None,
+    cache_size: int = 4,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Predict every pair not yet in ``out_dir/predictions.jsonl`` and append it there.
+
+    Args:
+        matcher: the matcher to evaluate.
+        dataset: any :class:`~semcorr.data.PairDataset`.
+        out_dir: output folder (created).
+        limit: only the first ``limit`` pairs.
+        cache_size: source images whose features are kept.
+        progress: show a progress bar.
+        log: called with one line per skipped pair.
+
+    Returns:
+        ``{"pair_ids": set of the pairs in scope, "predicted": int (this run),
+        "seconds": float (this run)}``.
+
+    Raises:
+        InputError: for an incomplete dataset (a missing annotation file).
+    """
+    from tqdm.auto import tqdm
+
+    path = out_dir / PREDICTIONS
+    done = _repair(path)
+    total = len(dataset) if limit is None else min(limit, len(dataset))
+    sources = FeatureLRU(matcher, cache_size)
+    in_scope: set[str] = set()
+    predicted = 0
+    start = time.perf_counter()
+    with path.open("a", encoding="utf-8") as handle:
+        for index in tqdm(range(total), desc="evaluating", unit="pair", disable=not progress):
+            try:
+                sample = dataset[index]
+            except ImageError as exc:
+                pair_id = f"#{index}"
+                in_scope.add(pair_id)
+                if pair_id not in done:
+                    handle.write(json.dumps({"pair_id": pair_id, "skipped": str(exc)}) + "\n")
+                    handle.flush()
+                continue
+            in_scope.add(sample.pair_id)
+            if sample.pair_id in done:
+                continue
+            try:
+                record = _predict(matcher, sources, sample)
+            except ImageError as exc:
+                record = {
+                    "pair_id": sample.pair_id,
+                    "category": sample.category,
+                    "skipped": str(exc),
+                }
+                if log is not None:
+                    log(f"skipped {sample.pair_id}: {exc}")
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+            done.add(sample.pair_id)
+            predicted += 1
+    return {"pair_ids": in_scope, "predicted": predicted, "seconds": time.perf_counter() - start}
+
+
+def compute_metrics(
+    predictions: Path,
+    pair_ids: set[str] | None,
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    average: str = "pairs",
+) -> dict[str, Any]:
+    """PCK from a predictions file, streamed.
+
+    Args:
+        predictions: a ``predictions.jsonl`` written by :func:`export_predictions`.
+        pair_ids: the pairs to count (all when ``None``).
+        thresholds: reported α values.
+        average: see :class:`~semcorr.eval.pck.PCKAccumulator`.
+
+    Returns:
+        The accumulator's summary plus ``pairs``, ``skipped``, ``skipped_pairs`` and
+        ``curve`` (``alpha``, ``per_image``, ``per_keypoint`` over :data:`CURVE_ALPHAS`).
+    """
+    alphas = sorted(set(CURVE_ALPHAS) | {round(float(a), 6) for a in thresholds})
+    accumulator = PCKAccumulator(alphas, average=average)
+    seen: set[str] = set()
+    skipped: list[dict[str, str]] = []
+    pairs = 0
+    for record in read_predictions(predictions):
+        pair_id = record.get("pair_id")
+        if pair_id in seen or (pair_ids is not None and pair_id not in pair_ids):
+            continue
+        seen.add(pair_id)
+        if "skipped" in record:
+            skipped.append({"pair_id": pair_id, "reason": record["skipped"]})
+            continue
+        pairs += 1
+        pred = torch.tensor(record["pred"], dtype=torch.float64).reshape(-1, 2)
+        gt = torch.tensor(record["gt"], dtype=torch.float64).reshape(-1, 2)
+        correct = pck_correct(pred, gt, float(record["reference"]), alphas)
+        geo = torch.tensor(record["geo_aware"], dtype=torch.bool).reshape(-1)
+        accumulator.add(record["category"], correct, geo)
+    summary = accumulator.summary()
+    wanted = [format_threshold(a) for a in thresholds]
+
+    def pick(table: dict[str, Any]) -> dict[str, Any]:
+        return {k: table[k] for k in wanted}
+
+    curve = {
+        "alpha": alphas,
+        "per_image": [summary["pck"][format_threshold(a)]["per_image"] for a in alphas],
+        "per_keypoint": [summary["pck"][format_threshold(a)]["per_keypoint"] for a in alphas],
+    }
+    geo = summary["geo_aware"]
+    return {
+        "pairs": pairs,
+        "skipped": len(skipped),
+        "skipped_pairs": skipped[:_MAX_LISTED_SKIPS],
+        "pck": pick(summary["pck"]),
+        "per_category": {c: pick(t) for c, t in summary["per_category"].items()},
+        "counts": summary["counts"],
+        "geo_aware": {
+            **geo,
+            "pck": pick(geo["pck"]),
+            "per_category": {c: pick(t) for c, t in geo["per_category"].items()},
+        },
+        "curve": curve,
+    }
+
+
+def evaluate(
+    matcher: Matcher,
+    dataset: PairDataset,
+    out_dir: str | Path,
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    limit: int | None = None,
+    overwrite: bool = False,
+    cache_size: int = 4,
+    progress: bool = True,
+    plot: bool = True,
+    extra_config: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Export predictions, then compute and write the metrics.
+
+    Args:
+        matcher: the matcher to evaluate (its flip handling uses each sample's permutation).
+        dataset: the benchmark pairs.
+        out_dir: where ``predictions.jsonl``, ``config.json``, ``results.json``,
+            ``results.md`` and ``pck_curve.png`` go.
+        thresholds: reported α values (two decimals in the results).
+        limit: evaluate the first ``limit`` pairs only.
+        overwrite: discard earlier predictions in ``out_dir`` instead of resuming.
+        cache_size: source images whose features are kept in memory.
+        progress: show a progress bar.
+        plot: write the PCK-vs-α plot.
+        extra_config: more JSON fields recorded in ``config.json`` (e.g. the command line).
+
+    Returns:
+        The ``results.json`` content: ``dataset``, ``split``, ``pairs``, ``skipped``,
+        ``protocol``, ``thresholds``, ``pck``, ``per_category``, ``geo_aware``, ``counts``,
+        ``curve``, ``config``, ``timing``.
+    """
+    from semcorr.eval.report import markdown_table
+
+    if limit is not None and limit < 1:
+        raise InputError("--limit must be at least 1")
+    thresholds = [float(a) for a in thresholds]
+    if not thresholds or any(not (0 < a < 1) or math.isnan(a) for a in thresholds):
+        raise InputError("thresholds must be numbers between 0 and 1")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = {
+        "dataset": dataset.name,
+        "split": dataset.split,
+        "root": str(dataset.root),
+        "matcher": describe_matcher(matcher),
+        **(extra_config or {}),
+    }
+    _check_config(out, config, overwrite)
+    export = export_predictions(matcher, dataset, out, limit, cache_size, progress)
+    metrics = compute_metrics(
+        out / PREDICTIONS, export["pair_ids"], thresholds, dataset.protocol.get("average", "pairs")
+    )
+    results = {
+        "dataset": dataset.name,
+        "split": dataset.split,
+        "pairs": metrics.pop("pairs"),
+        "skipped": metrics.pop("skipped"),
+        "protocol": {
+            **dataset.protocol,
+            "comparison": "distance < alpha * reference (strict)",
+            "per_image": "mean over pairs of each pair's PCK"
+            + (
+                ", then mean over categories"
+                if dataset.protocol.get("average") == "categories"
+                else ""
+            ),
+            "per_keypoint": "all visible keypoints pooled",
+        },
+        "thresholds": [format_threshold(a) for a in thresholds],
+        **metrics,
+        "config": config,
+        "timing": {
+            "predicted_this_run": export["predicted"],
+            "seconds_this_run": round(export["seconds"], 3),
+        },
+    }
+    atomic_write_json(out / RESULTS, results)
+    atomic_write_bytes(out / TABLE, (markdown_table(results) + "\n").encode("utf-8"))
+    if plot:
+        from semcorr.viz.plots import save_pck_curve
+
+        save_pck_curve(out / CURVE, results["curve"], title=f"{dataset.name} ({dataset.split})")
+    return results

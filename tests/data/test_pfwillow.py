@@ -1,0 +1,55 @@
+"""PF-WILLOW loader: a tiny copy in the original layout, and the real benchmark."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import scipy.io
+import torch
+
+from semcorr.data import create_dataset
+from semcorr.errors import InputError
+
+
+def test_all_ordered_pairs(willow_root: Path) -> None:
+    ds = create_dataset("pf-willow", willow_root)
+    assert len(ds) == 3 * 2 + 2 * 1
+    assert ds.protocol == {"normalisation": "keypoints", "average": "categories"}
+    ids = [ds[i].pair_id for i in range(len(ds))]
+    assert len(set(ids)) == len(ids)
+    assert ids[0] == "car(G)/img_000-img_001"
+    assert len(ds.image_paths()) == 5
+
+
+def test_points_are_zero_based_and_reference_is_keypoint_extent(willow_root: Path) -> None:
+    sample = create_dataset("pf-willow", willow_root)[0]
+    raw = scipy.io.loadmat(str(willow_root / "car(G)" / "img_001.mat"))["pts_coord"]
+    expected = torch.tensor(raw.T, dtype=torch.float32) - 1
+    assert torch.allclose(sample.target_points, expected)
+    extent = (expected.max(0).values - expected.min(0).values).max()
+    assert sample.pck_reference == pytest.approx(float(extent))
+    assert sample.visible.all() and sample.source_size == (48, 40)
+
+
+def test_missing_mat_is_named(willow_root: Path) -> None:
+    (willow_root / "duck(S)" / "img_001.mat").unlink()
+    with pytest.raises(InputError, match=r"img_001\.mat: missing keypoint file"):
+        create_dataset("pf-willow", willow_root)
+
+
+def test_empty_folder(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="no class folders"):
+        create_dataset("pf-willow", tmp_path)
+
+
+def test_real_pf_willow(pf_willow_root: Path) -> None:
+    ds = create_dataset("pf-willow", pf_willow_root)
+    assert len(ds) == 900
+    assert len(ds.image_paths()) == 100
+    categories = {ds[i].category for i in range(0, 900, 90)}
+    assert len(categories) == 10
+    sample = ds[0]
+    assert sample.source_path.name == "Cars_006a.png"
+    # pts_coord of Cars_006a starts at (47.9353, 98.1586) in MATLAB's 1-based frame
+    assert sample.source_points[0].tolist() == pytest.approx([46.9353, 97.1586], abs=1e-3)

@@ -1,0 +1,650 @@
+"""SD4Match: Stable Diffusion 2.1 features conditioned on a learned prompt (backbone ``sd4match``).
+
+SD4Match (Li et al., CVPR 2024) keeps Stable Diffusion frozen and learns only the prompt. A
+*prompt module* produces learned token embeddings ``(B, L, D)``; they take the place of the
+tokens of an empty prompt (after the start token, before the end token) at the input of the
+frozen CLIP text encoder (:class:`PromptEncoder`), whose output ``(B, T, D)`` (``T`` the
+tokenizer's maximum length, ``D = 1024`` for SD 2.1) conditions the U-Net. The features are the
+output of the U-Net's second up-block (part ``up_blocks.2``: 1280 channels at 1/16 of the
+input, 48² for the default 768 px input), L2-normalised.
+
+Prompt modules (only their parameters are trained and saved):
+
+* :class:`SinglePrompt` (``single``): one learned sequence for every pair;
+* :class:`ClassPrompt` (``class``): one learned sequence per category;
+* :class:`ConditionalPrompt` (``cpm``): the conditional prompt module. DINOv2 patch tokens of
+  the source and target ``(B, P, C)`` are concatenated along channels, projected to ``D``,
+  mixed across patches by a linear layer, max-pooled to ``cond_length`` tokens, shifted by a
+  learned positional embedding and weighted by ``tanh(alpha)``; a learned global sequence is
+  put in front.
+
+Files: a prompt is saved as ``.safetensors`` holding the prompt module's tensors only, with its
+configuration in the file's metadata (key ``sd4match``) and in a JSON sidecar (``.json``);
+see :func:`save_prompt` / :func:`read_prompt_file`. ``create_backbone("sd4match",
+weights=PROMPT_FILE, sd_weights=SD21_FOLDER)`` rebuilds the backbone from such a file.
+
+Per-image use (the Matcher, ``semcorr eval --backbone sd4match --weights PROMPT_FILE``) works
+for ``single`` prompts and for ``class`` prompts given ``category=``; a ``cpm`` prompt depends
+on the pair, so use :meth:`SD4MatchBackbone.pair_features`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from semcorr.conventions import check_shape
+from semcorr.errors import InputError, WeightsError
+from semcorr.features.base import Backbone, register_backbone
+from semcorr.features.stable_diffusion import SD_VARIANTS, StableDiffusionFeatures
+
+__all__ = [
+    "PROMPT_KINDS",
+    "SD4MATCH_PART",
+    "ClassPrompt",
+    "ConditionalPrompt",
+    "PromptConfig",
+    "PromptEncoder",
+    "SD4MatchBackbone",
+    "SinglePrompt",
+    "build_prompt",
+    "create_sd4match",
+    "read_prompt_file",
+    "save_prompt",
+]
+
+#: The feature map of SD4Match: the output of the second up-block (the input of the third).
+SD4MATCH_PART: dict[str, str] = {"up1": "up_blocks.2"}
+#: Names of the prompt modules.
+PROMPT_KINDS: tuple[str, ...] = ("single", "class", "cpm")
+_METADATA_KEY = "sd4match"
+_FORMAT = "semcorr-sd4match-prompt/1"
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    """What is needed to rebuild a prompt module and the features it was trained for.
+
+    Attributes:
+        kind: ``single``, ``class`` or ``cpm``.
+        dim: token embedding width ``D`` of the text encoder.
+        length: learned tokens of a ``single``/``class`` prompt (published 75).
+        categories: category names of a ``class`` prompt, in parameter order.
+        global_length, cond_length: global and conditional tokens of a ``cpm`` prompt
+            (published 25 and 50).
+        dino_dim, dino_patches: DINOv2 width and patches per side feeding a ``cpm`` prompt.
+        sd: Stable Diffusion variant (``sd21``).
+        timestep, image_size: feature settings the prompt was trained with.
+    """
+
+    kind: str
+    dim: int
+    length: int = 75
+    categories: tuple[str, ...] = ()
+    global_length: int = 25
+    cond_length: int = 50
+    dino_dim: int = 768
+    dino_patches: int = 16
+    sd: str = "sd21"
+    timestep: int = 261
+    image_size: int = 768
+
+    @property
+    def num_tokens(self) -> int:
+        """Learned tokens produced per pair."""
+        return self.global_length + self.cond_length if self.kind == "cpm" else self.length
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON-able dict."""
+        data = asdict(self)
+        data["categories"] = list(self.categories)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], source: str = "prompt config") -> PromptConfig:
+        """Inverse of :meth:`to_json`; unknown keys are refused."""
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise WeightsError(f"{source}: unknown prompt settings {unknown}")
+        try:
+            config = cls(**{**data, "categories": tuple(data.get("categories", ()))})
+        except TypeError as exc:
+            raise WeightsError(f"{source}: bad prompt settings ({exc})") from None
+        if config.kind not in PROMPT_KINDS:
+            raise WeightsError(f"{source}: prompt kind {config.kind!r} not in {PROMPT_KINDS}")
+        return config
+
+
+class PromptEncoder(nn.Module):
+    """The frozen CLIP text encoder fed with learned token embeddings.
+
+    The sequence is ``[start, learned (L tokens), end, pad, ...]`` up to ``max_length``
+    tokens; fixed tokens get their usual token + position embedding, learned ones are used as
+    they are (they replace the whole embedding, as in SD4Match).
+
+    Args:
+        text_encoder: a ``transformers`` ``CLIPTextModel``.
+        bos_id, eos_id, pad_id: token ids of the start, end and padding tokens.
+        max_length: sequence length ``T`` (the tokenizer's ``model_max_length``).
+    """
+
+    def __init__(self, text_encoder: nn.Module, bos_id: int, eos_id: int, pad_id: int,
+                 max_length: int) -> None:
+        super().__init__()
+        self.text_encoder = text_encoder.eval().requires_grad_(False)
+        self.bos_id, self.eos_id, self.pad_id = int(bos_id), int(eos_id), int(pad_id)
+        self.max_length = int(max_length)
+
+    @property
+    def _model(self) -> nn.Module:
+        return getattr(self.text_encoder, "text_model", self.text_encoder)
+
+    @property
+    def dim(self) -> int:
+        """Token embedding width ``D``."""
+        return int(self._model.embeddings.token_embedding.weight.shape[1])
+
+    @property
+    def max_learned(self) -> int:
+        """Most learned tokens that fit between the start and end tokens."""
+        return self.max_length - 2
+
+    def token_ids(self, length: int, device: torch.device) -> torch.Tensor:
+        """Ids ``(1, T)`` of the template ``[start, pad * length, end, pad ...]``."""
+        ids = torch.full((1, self.max_length), self.pad_id, dtype=torch.long, device=device)
+        ids[0, 0] = self.bos_id
+        ids[0, length + 1] = self.eos_id
+        return ids
+
+    def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token + position embeddings ``(B, T, D)`` of token ids ``(B, T)``."""
+        return self._model.embeddings(input_ids=ids)
+
+    def random_token_embeddings(self, count: int, length: int,
+                                generator: torch.Generator) -> torch.Tensor:
+        """Embeddings ``(count, length, D)`` of random vocabulary tokens at positions 1..length
+        (SD4Match's initialisation of a learned prompt)."""
+        embeddings = self._model.embeddings
+        vocab = embeddings.token_embedding.weight.shape[0]
+        ids = torch.randint(0, vocab, (count, length), generator=generator)
+        weight = embeddings.token_embedding.weight
+        positions = embeddings.position_embedding.weight[1 : length + 1]
+        with torch.no_grad():
+            return (weight[ids.to(weight.device)] + positions).detach().clone()
+
+    def forward(self, learned: torch.Tensor) -> torch.Tensor:
+        """Conditioning of learned token embeddings.
+
+        Args:
+            learned: ``(B, L, D)`` with ``L <= max_length - 2``.
+
+        Returns:
+            ``(B, T, D)`` final-layer-normed encoder states.
+        """
+        dims = check_shape(learned, "B L D", "learned tokens")
+        if dims["L"] > self.max_learned or dims["D"] != self.dim:
+            raise InputError(
+                f"prompt of {dims['L']} tokens x {dims['D']}: the text encoder takes at most "
+                f"{self.max_learned} tokens of width {self.dim}"
+            )
+        b, length = dims["B"], dims["L"]
+        template = self.embed_ids(self.token_ids(length, learned.device)).to(learned.dtype)
+        tokens = torch.cat([template[:, :1].expand(b, -1, -1), learned,
+                            template[:, length + 1 :].expand(b, -1, -1)], dim=1)
+        hidden = self._model.encoder(inputs_embeds=tokens,
+                                     attention_mask=_causal_mask(tokens)).last_hidden_state
+        return self._model.final_layer_norm(hidden)
+
+
+def _causal_mask(tokens: torch.Tensor) -> torch.Tensor:
+    """Additive causal mask ``(1, 1, T, T)`` (a token sees itself and earlier tokens)."""
+    t = tokens.shape[1]
+    future = torch.ones(t, t, dtype=torch.bool, device=tokens.device).triu(1)
+    mask = torch.zeros(t, t, dtype=tokens.dtype, device=tokens.device)
+    return mask.masked_fill(future, torch.finfo(tokens.dtype).min)[None, None]
+
+
+class SinglePrompt(nn.Module):
+    """One learned sequence ``(1, L, D)`` shared by every pair."""
+
+    kind = "single"
+
+    def __init__(self, length: int, dim: int) -> None:
+        super().__init__()
+        self.embeds = nn.Parameter(torch.zeros(1, length, dim))
+
+    def forward(self, batch_size: int) -> torch.Tensor:
+        """Learned tokens ``(B, L, D)`` for ``batch_size`` pairs."""
+        return self.embeds.expand(batch_size, -1, -1)
+
+
+class ClassPrompt(nn.Module):
+    """One learned sequence per category: ``embeds`` ``(K, L, D)``.
+
+    Args:
+        categories: the K category names, in parameter order.
+        length, dim: ``L`` and ``D``.
+    """
+
+    kind = "class"
+
+    def __init__(self, categories: Sequence[str], length: int, dim: int) -> None:
+        super().__init__()
+        if not categories:
+            raise InputError("a class prompt needs at least one category")
+        self.categories = tuple(categories)
+        self._index = {name: i for i, name in enumerate(self.categories)}
+        self.embeds = nn.Parameter(torch.zeros(len(self.categories), length, dim))
+
+    def indices(self, categories: Sequence[str]) -> torch.Tensor:
+        """Parameter rows ``(B,)`` of category names."""
+        unknown = sorted({c for c in categories if c not in self._index})
+        if unknown:
+            raise InputError(f"class prompt: unknown categories {unknown} "
+                             f"(known: {', '.join(self.categories)})")
+        return torch.tensor([self._index[c] for c in categories], device=self.embeds.device)
+
+    def forward(self, categories: Sequence[str]) -> torch.Tensor:
+        """Learned tokens ``(B, L, D)`` of the pairs' categories (B names)."""
+        return self.embeds[self.indices(categories)]
+
+
+class ConditionalPrompt(nn.Module):
+    """SD4Match's conditional prompt module (CPM).
+
+    Args:
+        dino_dim: channels ``C`` of the DINOv2 patch tokens.
+        num_patches: patch tokens ``P`` per image.
+        dim: output token width ``D``.
+        global_length: learned global tokens ``G``.
+        cond_length: conditional tokens ``N_c`` (pooled from the pair's features).
+    """
+
+    kind = "cpm"
+
+    def __init__(self, dino_dim: int, num_patches: int, dim: int, global_length: int,
+                 cond_length: int) -> None:
+        super().__init__()
+        self.global_embeds = nn.Parameter(torch.rand(1, global_length, dim))
+        self.project_channels = nn.Linear(2 * dino_dim, dim)
+        self.mix_patches = nn.Linear(num_patches, num_patches)
+        self.pool = nn.AdaptiveMaxPool1d(cond_length)
+        self.position = nn.Parameter(torch.rand(1, cond_length, dim))
+        self.alpha = nn.Parameter(torch.rand(1, cond_length, dim))
+
+    def forward(self, tokens0: torch.Tensor, tokens1: torch.Tensor) -> torch.Tensor:
+        """Learned tokens of a pair.
+
+        Args:
+            tokens0, tokens1: ``(B, P, C)`` DINOv2 patch tokens of the source and target.
+
+        Returns:
+            ``(B, G + N_c, D)``: the global tokens, then the conditional tokens.
+        """
+        dims = check_shape(tokens0, "B P C", "source tokens")
+        check_shape(tokens1, f"{dims['B']} {dims['P']} {dims['C']}", "target tokens")
+        x = self.project_channels(torch.cat([tokens0, tokens1], dim=-1))  # (B, P, D)
+        x = self.mix_patches(x.transpose(1, 2))  # (B, D, P)
+        x = self.pool(x).transpose(1, 2)  # (B, N_c, D)
+        cond = torch.tanh(self.alpha) * (x + self.position)
+        return torch.cat([self.global_embeds.expand(dims["B"], -1, -1), cond], dim=1)
+
+
+def build_prompt(config: PromptConfig) -> nn.Module:
+    """A prompt module of ``config.kind`` (zero or uniform initialisation)."""
+    if config.kind == "single":
+        return SinglePrompt(config.length, config.dim)
+    if config.kind == "class":
+        return ClassPrompt(config.categories, config.length, config.dim)
+    if config.kind == "cpm":
+        return ConditionalPrompt(config.dino_dim, config.dino_patches ** 2, config.dim,
+                                 config.global_length, config.cond_length)
+    raise InputError(f"unknown prompt kind {config.kind!r} (known: {', '.join(PROMPT_KINDS)})")
+
+
+class SD4MatchBackbone(Backbone):
+    """Stable Diffusion features conditioned on a learned prompt (see the module docstring).
+
+    Only :attr:`prompt` has trainable parameters; the U-Net, VAE, text encoder and DINOv2 are
+    frozen (``requires_grad=False``).
+
+    Args:
+        sd: the Stable Diffusion backbone reading :data:`SD4MATCH_PART`.
+        text: the text encoder fed with learned tokens.
+        prompt: a prompt module.
+        config: the prompt's configuration.
+        dino: DINOv2 backbone feeding a ``cpm`` prompt (``None`` otherwise).
+        category: the category used by :meth:`features` with a ``class`` prompt.
+
+    Attributes:
+        prompt_file, prompt_sha256: the prompt file loaded and a digest of its bytes (``None``
+            for a fresh prompt); with ``timestep``, ``ensemble`` and ``noise_seed`` (copies of
+            the SD settings) they describe the features in evaluation records.
+    """
+
+    def __init__(self, sd: StableDiffusionFeatures, text: PromptEncoder, prompt: nn.Module,
+                 config: PromptConfig, *, dino: Backbone | None = None,
+                 category: str | None = None) -> None:
+        super().__init__()
+        if config.kind == "cpm" and dino is None:
+            raise InputError("sd4match: a cpm prompt needs a DINOv2 backbone")
+        self.sd = sd.requires_grad_(False)
+        self.text = text.requires_grad_(False)
+        self.dino = None if dino is None else dino.eval().requires_grad_(False)
+        self.prompt = prompt
+        self.config = config
+        self.category = category
+        self.prompt_file: str | None = None
+        self.prompt_sha256: str | None = None
+        self.timestep, self.ensemble, self.noise_seed = sd.timestep, sd.ensemble, sd.seed
+        self.info = replace(sd.info, name="sd4match",
+                            extra={**sd.info.extra, "prompt": config.kind})
+
+    def train(self, mode: bool = True) -> SD4MatchBackbone:
+        """Only the prompt module changes mode; the frozen models stay in eval mode."""
+        self.training = mode
+        self.prompt.train(mode)
+        return self
+
+    def learned_tokens(self, images0: torch.Tensor | None = None,
+                       images1: torch.Tensor | None = None,
+                       categories: Sequence[str] | None = None,
+                       batch_size: int | None = None) -> torch.Tensor:
+        """Learned token embeddings ``(B, L, D)`` of B pairs.
+
+        Args:
+            images0, images1: ``(B, 3, S, S)`` normalised source/target images (``cpm``).
+            categories: B category names (``class``).
+            batch_size: B (``single``; else taken from the other arguments).
+        """
+        kind = self.config.kind
+        if kind == "single":
+            b = batch_size if batch_size is not None else _batch_of(images0, categories)
+            return self.prompt(b)
+        if kind == "class":
+            if categories is None:
+                raise InputError("sd4match: a class prompt needs the pairs' categories")
+            return self.prompt(list(categories))
+        if images0 is None or images1 is None:
+            raise InputError("sd4match: a cpm prompt needs both images of the pair")
+        return self.prompt(self.dino_tokens(images0), self.dino_tokens(images1))
+
+    def dino_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """DINOv2 patch tokens ``(B, P, C)`` of normalised SD inputs ``(B, 3, S, S)``."""
+        assert self.dino is not None
+        unit = images * images.new_tensor(self.info.std).view(1, 3, 1, 1) + images.new_tensor(
+            self.info.mean).view(1, 3, 1, 1)
+        side = self.dino.info.image_size
+        resized = F.interpolate(unit, size=(side, side), mode="bilinear", align_corners=False,
+                                antialias=True)
+        with torch.no_grad():
+            maps = self.dino(resized.clamp(0, 1))  # (B, C, p, p)
+        return maps.flatten(2).transpose(1, 2)
+
+    def conditioning(self, learned: torch.Tensor) -> torch.Tensor:
+        """U-Net conditioning ``(B, T, D)`` of learned tokens ``(B, L, D)``."""
+        return self.text(learned)
+
+    def conditioned_features(self, images: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Unit-norm features ``(B, C, h, w)`` of normalised images ``(B, 3, S, S)`` under
+        conditioning ``(B, T, D)`` (or ``(1, T, D)`` shared)."""
+        dims = check_shape(images, "B 3 H W", "images")
+        if context.shape[0] not in (1, dims["B"]):
+            raise InputError(f"sd4match: {context.shape[0]} prompts for {dims['B']} images")
+        with _conditioned(self.sd, context.expand(dims["B"], -1, -1)):
+            return F.normalize(self.sd.features(images), dim=1)
+
+    def pair_features(self, images0: torch.Tensor, images1: torch.Tensor,
+                      categories: Sequence[str] | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features of B pairs, both images conditioned on the pair's prompt.
+
+        Args:
+            images0, images1: ``(B, 3, S, S)`` normalised source and target images.
+            categories: B category names (``class`` prompts).
+
+        Returns:
+            ``(B, C, h, w)`` unit-norm source and target features.
+        """
+        context = self.conditioning(self.learned_tokens(images0, images1, categories,
+                                                        batch_size=images0.shape[0]))
+        return (self.conditioned_features(images0, context),
+                self.conditioned_features(images1, context))
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Per-image features ``(B, C, h, w)`` (``single``, or ``class`` with ``category``)."""
+        b = images.shape[0]
+        if self.config.kind == "cpm":
+            raise InputError("sd4match: a cpm prompt depends on the pair; use pair_features")
+        if self.config.kind == "class" and self.category is None:
+            raise InputError("sd4match: a class prompt needs category=NAME for per-image use")
+        categories = None if self.category is None else [self.category] * b
+        context = self.conditioning(self.learned_tokens(categories=categories, batch_size=b))
+        return self.conditioned_features(images, context)
+
+
+def _batch_of(images: torch.Tensor | None, categories: Sequence[str] | None) -> int:
+    if images is not None:
+        return images.shape[0]
+    if categories is not None:
+        return len(categories)
+    raise InputError("sd4match: give batch_size, images or categories")
+
+
+@contextlib.contextmanager
+def _conditioned(sd: StableDiffusionFeatures, context: torch.Tensor) -> Iterator[None]:
+    """Temporarily condition ``sd`` on ``context`` ``(B, T, D)`` (one row per image; repeated
+    over the noise ensemble). Not thread-safe: one forward at a time per backbone."""
+    saved = sd.prompt_embedding
+    sd.prompt_embedding = context.repeat_interleave(sd.ensemble, dim=0)
+    try:
+        yield
+    finally:
+        sd.prompt_embedding = saved
+
+
+def save_prompt(path: str | os.PathLike[str], prompt: nn.Module, config: PromptConfig) -> Path:
+    """Write the prompt's tensors (safetensors, config in the metadata) and a JSON sidecar,
+    atomically.
+
+    Returns:
+        The ``.safetensors`` path.
+    """
+    from safetensors.torch import save
+
+    from semcorr.io import atomic_write_bytes, atomic_write_json
+
+    file = Path(path)
+    state = {k: v.detach().cpu().contiguous() for k, v in prompt.state_dict().items()}
+    text = json.dumps(config.to_json())
+    atomic_write_bytes(file, save(state, metadata={_METADATA_KEY: text, "format": _FORMAT}))
+    atomic_write_json(file.with_suffix(".json"), {"format": _FORMAT, **config.to_json()})
+    return file
+
+
+def read_prompt_file(path: str | os.PathLike[str]
+                     ) -> tuple[PromptConfig, dict[str, torch.Tensor]]:
+    """The configuration and tensors of a prompt file written by :func:`save_prompt`.
+
+    The configuration comes from the file's metadata, else from the ``.json`` sidecar.
+
+    Raises:
+        WeightsError: naming the file when it is missing, unreadable or not a prompt file.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise WeightsError(f"{file}: no such prompt file")
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            state = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise WeightsError(f"{file}: not a readable safetensors prompt file ({exc})") from None
+    if _METADATA_KEY in metadata:
+        data = json.loads(metadata[_METADATA_KEY])
+    else:
+        sidecar = file.with_suffix(".json")
+        if not sidecar.is_file():
+            raise WeightsError(f"{file}: no sd4match config in the metadata and no {sidecar.name}")
+        data = json.loads(sidecar.read_text())
+        data.pop("format", None)
+    return PromptConfig.from_json(data, str(file)), state
+
+
+def _load_text_encoder(source: Any) -> PromptEncoder:
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    from semcorr.hub import load_from_pretrained
+
+    tokenizer = load_from_pretrained(AutoTokenizer.from_pretrained, source, subfolder="tokenizer")
+    encoder = load_from_pretrained(CLIPTextModel.from_pretrained, source, subfolder="text_encoder")
+    ids = tokenizer("", truncation=True).input_ids  # [start, end]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else ids[-1]
+    return PromptEncoder(encoder, ids[0], ids[-1], pad, tokenizer.model_max_length)
+
+
+def create_sd4match(
+    *,
+    weights: str | None = None,
+    sd_weights: str | None = None,
+    dino_weights: str | None = None,
+    prompt: str = "single",
+    category: str | None = None,
+    categories: Sequence[str] = (),
+    length: int = 75,
+    global_length: int = 25,
+    cond_length: int = 50,
+    dino_patches: int = 16,
+    sd: str = "sd21",
+    timestep: int = 261,
+    image_size: int = 768,
+    seed: int = 0,
+    init_seed: int = 0,
+    ensemble: int = 1,
+    precision: str = "fp32",
+) -> SD4MatchBackbone:
+    """Build the SD4Match backbone, from a prompt file or with a fresh prompt.
+
+    Args:
+        weights: a prompt file (:func:`save_prompt`); its settings replace ``prompt``,
+            ``categories``, lengths, ``sd``, ``timestep`` and ``image_size``. ``None``: a new
+            prompt (random vocabulary embeddings for ``single``/``class``, uniform for ``cpm``).
+        sd_weights: diffusers folder or hub id of Stable Diffusion (default: SD 2.1).
+        dino_weights: DINOv2 ViT-B/14 weights (``cpm`` only).
+        prompt: ``single``, ``class`` or ``cpm``.
+        category: category used for per-image features with a ``class`` prompt.
+        categories: categories of a new ``class`` prompt.
+        length: learned tokens of a new ``single``/``class`` prompt.
+        global_length, cond_length: tokens of a new ``cpm`` prompt.
+        dino_patches: DINOv2 patches per side for a ``cpm`` prompt (16 → 224 px).
+        sd: Stable Diffusion variant.
+        timestep, image_size, seed, ensemble, precision: see
+            :func:`~semcorr.features.stable_diffusion.create_stable_diffusion` (``seed`` is
+            the noise's).
+        init_seed: seed of a new prompt's initialisation.
+    """
+    from semcorr.features.base import create_backbone
+    from semcorr.features.stable_diffusion import create_stable_diffusion
+    from semcorr.hub import resolve_weights
+
+    state = None
+    if weights is not None:
+        config, state = read_prompt_file(weights)
+    else:
+        if prompt not in PROMPT_KINDS:
+            raise InputError(f"sd4match: prompt must be one of {PROMPT_KINDS}, got {prompt!r}")
+        config = PromptConfig(kind=prompt, dim=0, length=length, categories=tuple(categories),
+                              global_length=global_length, cond_length=cond_length,
+                              dino_patches=dino_patches, sd=sd, timestep=timestep,
+                              image_size=image_size)
+    if config.sd not in SD_VARIANTS:
+        raise InputError(f"sd4match: unknown Stable Diffusion variant {config.sd!r}")
+    features = create_stable_diffusion(
+        config.sd, weights=sd_weights, parts=SD4MATCH_PART, image_size=config.image_size,
+        timestep=config.timestep, seed=seed, ensemble=ensemble, precision=precision,
+    )
+    source = resolve_weights(sd_weights, name=config.sd, default=SD_VARIANTS[config.sd].hub_id)
+    text = _load_text_encoder(source)
+    dino = None
+    if config.kind == "cpm":
+        dino = create_backbone("dinov2_vitb14", weights=dino_weights,
+                               num_patches=config.dino_patches, final_norm=True)
+    if state is None:
+        config = replace(config, dim=text.dim,
+                         dino_dim=int(dino.info.extra["dim"]) if dino is not None else 768)
+    _check_fits(config, text, dino, weights)
+    module = build_prompt(config)
+    if state is None:
+        _initialise(module, config, text, init_seed)
+    else:
+        _load_prompt_state(module, state, str(weights))
+    backbone = SD4MatchBackbone(features, text, module, config, dino=dino, category=category)
+    if weights is not None:
+        backbone.prompt_file = str(Path(weights).expanduser())
+        backbone.prompt_sha256 = hashlib.sha256(Path(weights).expanduser().read_bytes()
+                                                ).hexdigest()[:16]
+    return backbone
+
+
+def _check_fits(config: PromptConfig, text: PromptEncoder, dino: Backbone | None,
+                source: str | None) -> None:
+    where = source or "sd4match"
+    if config.dim != text.dim:
+        raise WeightsError(f"{where}: prompt width {config.dim} != text encoder width {text.dim}")
+    if config.num_tokens > text.max_learned:
+        raise InputError(f"{where}: {config.num_tokens} learned tokens; the text encoder takes "
+                         f"at most {text.max_learned}")
+    if dino is not None and int(dino.info.extra["dim"]) != config.dino_dim:
+        raise WeightsError(f"{where}: prompt expects DINOv2 width {config.dino_dim}, got "
+                           f"{dino.info.extra['dim']}")
+
+
+def _initialise(module: nn.Module, config: PromptConfig, text: PromptEncoder, seed: int
+                ) -> None:
+    """Seeded initialisation: SD4Match's random vocabulary embeddings for ``single``/``class``;
+    for ``cpm``, the constructor's initialisation drawn under ``seed`` (the global RNG is
+    restored afterwards)."""
+    if isinstance(module, (SinglePrompt, ClassPrompt)):
+        generator = torch.Generator().manual_seed(seed)
+        rows, length = module.embeds.shape[:2]
+        with torch.no_grad():
+            module.embeds.copy_(text.random_token_embeddings(rows, length, generator))
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        fresh = build_prompt(config)
+    module.load_state_dict(fresh.state_dict())
+
+
+def _load_prompt_state(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``state`` strictly, naming ``source`` and the keys that do not fit."""
+    own = module.state_dict()
+    wrong = sorted(set(own) ^ set(state)) + sorted(
+        f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}"
+        for k in set(own) & set(state) if state[k].shape != own[k].shape
+    )
+    if wrong:
+        raise WeightsError(f"{source}: tensors do not fit the prompt module ({', '.join(wrong)})")
+    module.load_state_dict(state, strict=True)
+
+
+@register_backbone("sd4match")
+def _sd4match(*, weights: str | None = None, **options: Any) -> SD4MatchBackbone:
+    """SD4Match: SD 2.1 features under a learned prompt; ``weights`` = prompt file."""
+    try:
+        return create_sd4match(weights=weights, **options)
+    except TypeError as exc:
+        raise InputError(f"sd4match: {exc}") from None

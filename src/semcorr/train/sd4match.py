@@ -1,0 +1,502 @@
+"""Training SD4Match prompts: Gaussian-smoothed cross-entropy on matching distributions.
+
+The loss (SD4Match, CVPR 2024): the source descriptor at each ground-truth keypoint is
+correlated (cosine) with every cell of the target map; ``softmax(correlation / beta)`` is the
+matching distribution (beta 0.04, the convention of :mod:`semcorr.match.rules`: logits =
+scores / temperature); the loss is the cross-entropy of that distribution against a Gaussian
+target centred on the ground-truth cell, read in a ``k x k`` window (k = 7, sigma = (k // 2) / 2
+cells) by bilinear sampling: ``-sum_o g(o) log p(t + o)`` over window offsets ``o`` inside the
+map, averaged over valid keypoints. ``g`` is normalised to sum to 1 over the whole window (the
+reference leaves it as the continuous density, a constant factor ~1.01).
+
+Training (``semcorr train sd4match``): only the prompt module learns (Adam, constant lr); the
+Stable Diffusion backbone is frozen. Pairs are synthetic: images from a folder, resized to the
+input square, warped by random similarity transforms with known ground truth
+(:mod:`semcorr.geometry.warp`); a ``class`` prompt uses each image's file stem as its category.
+Checkpoints: ``OUT/last.pt`` (prompt, optimizer, RNG, step; resumed automatically) and
+``OUT/prompt.safetensors`` + ``OUT/prompt.json`` (prompt tensors only, for
+``create_backbone("sd4match", weights=...)``). Under ``torchrun`` each rank draws its own pairs
+and gradients are averaged (DDP over the prompt module).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from semcorr.conventions import check_shape
+from semcorr.errors import InputError
+from semcorr.match.rules import kernel_soft_argmax2d
+from semcorr.match.similarity import cosine_similarity, grid_to_normalized, sample_descriptors
+
+__all__ = [
+    "SD4MatchTrainConfig",
+    "SyntheticPairs",
+    "add_sd4match_parser",
+    "build_backbone",
+    "config_from_sources",
+    "gaussian_cross_entropy",
+    "gaussian_kernel",
+    "list_images",
+    "matching_probabilities",
+    "next_batch",
+    "pixels_to_cells",
+    "predict_cells",
+    "sd4match_loss",
+    "train_sd4match",
+    "training_step",
+]
+
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".ppm", ".bmp")
+
+
+# --------------------------------------------------------------------------------------- loss
+def gaussian_kernel(size: int = 7, sigma: float | None = None, *,
+                    like: torch.Tensor | None = None) -> torch.Tensor:
+    """A ``(size, size)`` Gaussian ``exp(-|o|^2 / (2 sigma^2))`` over integer offsets ``o``
+    centred on the middle cell, normalised to sum to 1.
+
+    Args:
+        size: odd window side ``k``.
+        sigma: std in cells (default ``(size // 2) / 2``, SD4Match's choice; 1 for k = 1).
+        like: tensor giving device and dtype (float32 on CPU otherwise).
+    """
+    if size < 1 or size % 2 == 0:
+        raise InputError(f"Gaussian target window must be a positive odd size, got {size}")
+    sigma = sigma if sigma is not None else max(size // 2, 1) / 2
+    dtype = like.dtype if like is not None and like.is_floating_point() else torch.float32
+    device = like.device if like is not None else None
+    offsets = torch.arange(size, device=device, dtype=dtype) - size // 2
+    dist2 = offsets[None, :] ** 2 + offsets[:, None] ** 2
+    kernel = torch.exp(-dist2 / (2 * sigma**2))
+    return kernel / kernel.sum()
+
+
+def matching_probabilities(descriptors: torch.Tensor, features: torch.Tensor,
+                           beta: float = 0.04) -> torch.Tensor:
+    """Matching distributions ``softmax(cos / beta)`` of query descriptors over a target map.
+
+    Args:
+        descriptors: ``(B, N, C)`` source descriptors.
+        features: ``(B, C, h, w)`` target features.
+        beta: softmax temperature (> 0).
+
+    Returns:
+        ``(B, N, h, w)`` probabilities summing to 1 over the cells.
+    """
+    scores = cosine_similarity(descriptors, features)
+    b, n, h, w = scores.shape
+    logits = scores.to(torch.promote_types(scores.dtype, torch.float32)) / beta
+    return torch.softmax(logits.reshape(b, n, h * w), dim=-1).view(b, n, h, w)
+
+
+def gaussian_cross_entropy(probs: torch.Tensor, targets: torch.Tensor,
+                           valid: torch.Tensor | None = None, size: int = 7,
+                           sigma: float | None = None) -> torch.Tensor:
+    """Cross-entropy of matching distributions against Gaussian targets.
+
+    For each keypoint: ``-sum_o g(o) log p(t + o)``, ``o`` over the ``size x size`` integer
+    offsets whose cell ``t + o`` lies inside the map, ``p`` read bilinearly at ``t + o``.
+
+    Args:
+        probs: ``(B, N, h, w)`` matching distributions.
+        targets: ``(B, N, 2)`` ground-truth grid coordinates (x, y), cell centres at integers.
+        valid: ``(B, N)`` boolean, True for keypoints that count (default all).
+        size, sigma: the Gaussian window (see :func:`gaussian_kernel`).
+
+    Returns:
+        Scalar: the mean over valid keypoints (0 when there are none, still differentiable).
+    """
+    dims = check_shape(probs, "B N h w", "probs")
+    check_shape(targets, f"{dims['B']} {dims['N']} 2", "targets")
+    b, n, h, w = dims["B"], dims["N"], dims["h"], dims["w"]
+    kernel = gaussian_kernel(size, sigma, like=probs)
+    offsets = torch.arange(size, device=probs.device, dtype=probs.dtype) - size // 2
+    oy, ox = torch.meshgrid(offsets, offsets, indexing="ij")
+    points = targets.to(probs.dtype)[:, :, None, None, :] + torch.stack([ox, oy], -1)
+    inside = ((points[..., 0] >= 0) & (points[..., 0] <= w - 1)
+              & (points[..., 1] >= 0) & (points[..., 1] <= h - 1))  # (B, N, k, k)
+    grid = grid_to_normalized(points, h, w).reshape(b * n, size, size, 2)
+    sampled = F.grid_sample(probs.reshape(b * n, 1, h, w), grid, mode="bilinear",
+                            align_corners=False, padding_mode="border").view(b, n, size, size)
+    log_p = torch.log(sampled.clamp_min(torch.finfo(sampled.dtype).tiny))
+    per_point = -(kernel * log_p).masked_fill(~inside, 0.0).sum(dim=(-2, -1))  # (B, N)
+    if valid is None:
+        return per_point.mean()
+    weight = valid.to(per_point.dtype)
+    return (per_point * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+def sd4match_loss(features0: torch.Tensor, features1: torch.Tensor, cells0: torch.Tensor,
+                  cells1: torch.Tensor, valid: torch.Tensor | None = None, beta: float = 0.04,
+                  size: int = 7, sigma: float | None = None) -> torch.Tensor:
+    """SD4Match's loss on a batch of pairs.
+
+    Args:
+        features0, features1: ``(B, C, h0, w0)`` and ``(B, C, h1, w1)`` feature maps.
+        cells0, cells1: ``(B, N, 2)`` corresponding keypoints in grid coordinates.
+        valid: ``(B, N)`` boolean (default all).
+        beta: softmax temperature.
+        size, sigma: the Gaussian target window.
+
+    Returns:
+        Scalar loss.
+    """
+    descriptors = sample_descriptors(features0, cells0.to(features0.dtype))
+    probs = matching_probabilities(descriptors, features1, beta)
+    return gaussian_cross_entropy(probs, cells1, valid, size, sigma)
+
+
+def predict_cells(features0: torch.Tensor, features1: torch.Tensor, cells0: torch.Tensor,
+                  sigma: float = 7.0, temperature: float = 0.04) -> torch.Tensor:
+    """SD4Match's inference: kernel soft-argmax (:func:`~semcorr.match.rules.kernel_soft_argmax2d`).
+
+    Args:
+        features0, features1: ``(B, C, h0, w0)``, ``(B, C, h1, w1)``.
+        cells0: ``(B, N, 2)`` query grid coordinates in the source.
+        sigma: Gaussian std around the argmax, in cells (published 7).
+        temperature: softmax temperature.
+
+    Returns:
+        ``(B, N, 2)`` predicted grid coordinates in the target.
+    """
+    scores = cosine_similarity(sample_descriptors(features0, cells0), features1)
+    return kernel_soft_argmax2d(scores, sigma=sigma, temperature=temperature)
+
+
+def pixels_to_cells(points: torch.Tensor, stride: int) -> torch.Tensor:
+    """Input-pixel coordinates (pixel centres at integers) → grid coordinates of a map with
+    ``stride`` pixels per cell (cell centres at integers)."""
+    return (points + 0.5) / stride - 0.5
+
+
+# ------------------------------------------------------------------------------------- data
+class SyntheticPairs:
+    """Pairs made by warping images with random similarity transforms (known ground truth).
+
+    Args:
+        images: image files.
+        size: side of the square input (images are resized to ``size x size``).
+        num_points: keypoints per pair.
+        max_angle: rotations are uniform in ``[-max_angle, max_angle]`` degrees.
+        scale_range: zooms are uniform in this range.
+        max_shift: shifts are uniform in ``[-max_shift, max_shift] * size`` pixels.
+    """
+
+    def __init__(self, images: Sequence[str | Path], size: int, num_points: int = 32,
+                 max_angle: float = 15.0, scale_range: tuple[float, float] = (0.85, 1.15),
+                 max_shift: float = 0.1) -> None:
+        if not images:
+            raise InputError("synthetic pairs: no training images")
+        self.paths = [Path(p) for p in images]
+        self.size, self.num_points = size, num_points
+        self.max_angle, self.scale_range, self.max_shift = max_angle, scale_range, max_shift
+        self._cache: dict[int, torch.Tensor] = {}
+
+    @property
+    def categories(self) -> list[str]:
+        """One category per image: its file stem."""
+        return [p.stem for p in self.paths]
+
+    def image(self, index: int) -> torch.Tensor:
+        """Image ``index`` resized to ``(3, size, size)`` in [0, 1] (cached)."""
+        if index not in self._cache:
+            from semcorr.io import load_image
+
+            img = load_image(self.paths[index])[None]
+            self._cache[index] = F.interpolate(img, size=(self.size, self.size),
+                                               mode="bilinear", antialias=True,
+                                               align_corners=False)[0].clamp(0, 1)
+        return self._cache[index]
+
+    def _uniform(self, low: float, high: float, g: torch.Generator) -> float:
+        return low + (high - low) * float(torch.rand((), generator=g))
+
+    def sample(self, index: int, generator: torch.Generator) -> dict[str, Any]:
+        """A random pair from image ``index``.
+
+        Returns:
+            ``image0``, ``image1``: ``(3, S, S)``; ``points0``, ``points1``: ``(N, 2)`` input
+            pixels; ``valid``: ``(N,)`` (the point lands inside the target); ``category``.
+        """
+        from semcorr.geometry.warp import similarity_matrix, warp_image, warp_points
+
+        s = self.size
+        angle = self._uniform(-self.max_angle, self.max_angle, generator)
+        scale = self._uniform(*self.scale_range, generator)
+        shift = (self._uniform(-self.max_shift, self.max_shift, generator) * s,
+                 self._uniform(-self.max_shift, self.max_shift, generator) * s)
+        matrix = similarity_matrix(s, s, angle, scale, shift)
+        image0 = self.image(index)
+        points0 = torch.rand(self.num_points, 2, generator=generator) * (s - 1)
+        points1 = warp_points(points0, matrix)
+        valid = ((points1 >= 0) & (points1 <= s - 1)).all(dim=-1)
+        return {"image0": image0, "image1": warp_image(image0, matrix, (s, s)),
+                "points0": points0, "points1": points1, "valid": valid,
+                "category": self.paths[index].stem}
+
+    @staticmethod
+    def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """Stacked samples: tensors gain a leading ``B``; ``category`` becomes a list."""
+        out: dict[str, Any] = {k: torch.stack([s[k] for s in samples])
+                               for k in ("image0", "image1", "points0", "points1", "valid")}
+        out["category"] = [s["category"] for s in samples]
+        return out
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files under ``folder`` (recursive, sorted)."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise InputError(f"{root}: no such image folder")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
+    if not files:
+        raise InputError(f"{root}: no images ({', '.join(_IMAGE_SUFFIXES)})")
+    return files
+
+
+# ----------------------------------------------------------------------------------- config
+@dataclass(frozen=True)
+class SD4MatchTrainConfig:
+    """Settings of ``semcorr train sd4match`` (published values where they exist).
+
+    Attributes:
+        images: folder of training images (synthetic pairs).
+        out: output folder.
+        prompt: ``single``, ``class`` or ``cpm``.
+        sd_weights: Stable Diffusion 2.1 diffusers folder or hub id.
+        dino_weights: DINOv2 ViT-B/14 weights (``cpm``).
+        steps: optimisation steps.
+        batch_size: pairs per step (published 3 per GPU).
+        lr: Adam learning rate (published 0.01, constant).
+        beta: softmax temperature (0.04).
+        kernel_size: Gaussian target window (7).
+        num_points: keypoints per pair.
+        image_size: input side (768).
+        timestep: diffusion timestep (261).
+        length: learned tokens of ``single``/``class`` prompts (75).
+        global_length, cond_length: ``cpm`` tokens (25, 50).
+        dino_patches: DINOv2 patches per side for ``cpm`` (16).
+        pairs: number of distinct synthetic pairs per image folder pass (0 = fresh every step).
+        seed: seed of the prompt initialisation, the noise and the pairs.
+        checkpoint_every: steps between checkpoints.
+        device: torch device (default cuda if available).
+    """
+
+    images: str = ""
+    out: str = ""
+    prompt: str = "single"
+    sd_weights: str | None = None
+    dino_weights: str | None = None
+    steps: int = 1000
+    batch_size: int = 3
+    lr: float = 0.01
+    beta: float = 0.04
+    kernel_size: int = 7
+    num_points: int = 32
+    image_size: int = 768
+    timestep: int = 261
+    length: int = 75
+    global_length: int = 25
+    cond_length: int = 50
+    dino_patches: int = 16
+    pairs: int = 0
+    seed: int = 0
+    checkpoint_every: int = 100
+    device: str | None = None
+
+    def check(self) -> None:
+        """Raise :class:`InputError` for missing or impossible settings."""
+        if not self.images or not self.out:
+            raise InputError("sd4match training needs images=FOLDER and out=FOLDER")
+        if self.steps < 1 or self.batch_size < 1 or self.num_points < 1:
+            raise InputError("sd4match training: steps, batch_size, num_points must be >= 1")
+        if self.beta <= 0 or self.lr <= 0:
+            raise InputError("sd4match training: beta and lr must be positive")
+
+
+#: Settings that may change when resuming (the rest must match the checkpoint).
+_RESUMABLE = {"steps", "checkpoint_every", "device", "out"}
+
+
+def config_from_sources(file: str | None = None, overrides: Sequence[str] = (),
+                        prompt: str | None = None) -> SD4MatchTrainConfig:
+    """Defaults < file (YAML/JSON) < ``key=value`` overrides < ``--prompt``."""
+    from semcorr.config import build_config, parse_overrides
+
+    layer = parse_overrides(list(overrides))
+    if prompt is not None:
+        layer["prompt"] = prompt
+    config = build_config(SD4MatchTrainConfig, file, layer)
+    config.check()
+    return config
+
+
+# ---------------------------------------------------------------------------------- trainer
+def build_backbone(config: SD4MatchTrainConfig, categories: Sequence[str]) -> nn.Module:
+    """The SD4Match backbone with a fresh prompt for ``config``."""
+    from semcorr.features.sd4match import create_sd4match
+
+    return create_sd4match(
+        sd_weights=config.sd_weights, dino_weights=config.dino_weights, prompt=config.prompt,
+        categories=sorted(set(categories)) if config.prompt == "class" else (),
+        length=config.length,
+        global_length=config.global_length, cond_length=config.cond_length,
+        dino_patches=config.dino_patches, timestep=config.timestep,
+        image_size=config.image_size, init_seed=config.seed,
+    )
+
+
+def next_batch(data: SyntheticPairs, config: SD4MatchTrainConfig,
+               generator: torch.Generator) -> dict[str, Any]:
+    """The next training batch, drawn from ``generator``.
+
+    With ``config.pairs > 0`` the pairs come from a fixed pool: pair ``p`` is image
+    ``p % #images`` under a warp seeded by ``(seed, p)``; otherwise every pair is fresh.
+    """
+    count = len(data.paths)
+    if config.pairs > 0:
+        pool = torch.randint(0, config.pairs, (config.batch_size,), generator=generator)
+        samples = [data.sample(p % count, torch.Generator().manual_seed(
+            config.seed * 1_000_003 + p)) for p in pool.tolist()]
+    else:
+        indices = torch.randint(0, count, (config.batch_size,), generator=generator)
+        samples = [data.sample(i, generator) for i in indices.tolist()]
+    return SyntheticPairs.collate(samples)
+
+
+def training_step(backbone: nn.Module, batch: dict[str, Any], config: SD4MatchTrainConfig
+                  ) -> torch.Tensor:
+    """The loss of one batch (prompt parameters carry the gradient)."""
+    device = backbone.device
+    x0 = backbone.normalize(batch["image0"].to(device))
+    x1 = backbone.normalize(batch["image1"].to(device))
+    f0, f1 = backbone.pair_features(x0, x1, batch["category"])
+    stride = backbone.stride
+    return sd4match_loss(
+        f0, f1, pixels_to_cells(batch["points0"].to(device), stride),
+        pixels_to_cells(batch["points1"].to(device), stride), batch["valid"].to(device),
+        beta=config.beta, size=config.kernel_size,
+    )
+
+
+def train_sd4match(config: SD4MatchTrainConfig,
+                   progress: Callable[[int, dict[str, float]], None] | None = None) -> Path:
+    """Train a prompt; resumes from ``OUT/last.pt`` when present.
+
+    Returns:
+        The path of the final ``prompt.safetensors``.
+    """
+    from semcorr import distributed
+    from semcorr.features.sd4match import save_prompt
+    from semcorr.io import atomic_write_json
+    from semcorr.train.checkpoint import load_checkpoint, save_checkpoint, unwrap
+
+    config.check()
+    out = Path(config.out)
+    joined = torch.distributed.is_available() and torch.distributed.is_initialized()
+    dist = distributed.init_from_env(use_cuda=config.device != "cpu")
+    device = _device(config.device, dist)
+    data = SyntheticPairs(list_images(config.images), config.image_size, config.num_points)
+    backbone = build_backbone(config, data.categories).to(device)
+    backbone.train()
+    prompt = backbone.prompt
+    optimizer = torch.optim.Adam(prompt.parameters(), lr=config.lr)
+    generator = torch.Generator().manual_seed(config.seed + 7919 * dist.rank)
+    step, losses = 0, []
+    plain = _plain(config)
+    if (out / "last.pt").is_file():
+        state = load_checkpoint(out / "last.pt", model=prompt, optimizer=optimizer,
+                                generators={"pairs": generator})
+        _check_resume(out / "last.pt", state["extra"].get("config", {}), plain)
+        step, losses = state["step"], list(state["extra"].get("losses", []))
+    if dist.world_size > 1:
+        backbone.prompt = nn.parallel.DistributedDataParallel(prompt)
+    while step < config.steps:
+        loss = training_step(backbone, next_batch(data, config, generator), config)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        if progress is not None and dist.is_main:
+            progress(step, {"loss": losses[-1]})
+        step += 1
+        if dist.is_main and (step % config.checkpoint_every == 0 or step == config.steps):
+            out.mkdir(parents=True, exist_ok=True)
+            save_checkpoint(out / "last.pt", model=unwrap(backbone.prompt), step=step,
+                            optimizer=optimizer, generators={"pairs": generator},
+                            extra={"config": plain, "losses": losses})
+            save_prompt(out / "prompt.safetensors", unwrap(backbone.prompt), backbone.config)
+            atomic_write_json(out / "train.json", {"config": plain, "step": step,
+                                                   "losses": losses})
+    distributed.barrier()
+    if not joined:
+        distributed.cleanup()
+    return out / "prompt.safetensors"
+
+
+def _device(name: str | None, dist: Any) -> torch.device:
+    from semcorr import distributed
+
+    if name is None:
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        return distributed.local_device(torch.device(name), dist)
+    except RuntimeError as exc:
+        raise InputError(f"bad device {name!r}: {exc}") from None
+
+
+def _plain(config: SD4MatchTrainConfig) -> dict[str, Any]:
+    from semcorr.config import config_to_dict
+
+    return config_to_dict(config)
+
+
+def _check_resume(path: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
+    changed = sorted(k for k in set(saved) | set(current)
+                     if k not in _RESUMABLE and saved.get(k) != current.get(k))
+    if changed:
+        raise InputError(f"{path}: was trained with other settings ({', '.join(changed)}); "
+                         "use another out folder or the same settings")
+
+
+# -------------------------------------------------------------------------------------- CLI
+def _run(args: argparse.Namespace) -> int:
+    config = config_from_sources(args.config, args.overrides, args.prompt)
+    every = max(1, args.log_every)
+
+    def report(step: int, numbers: dict[str, float]) -> None:
+        if (step + 1) % every == 0 or step + 1 == config.steps:
+            print(f"step {step + 1}/{config.steps}  loss {numbers['loss']:.4f}", flush=True)
+
+    path = train_sd4match(config, progress=report)
+    if os.environ.get("RANK", "0") == "0":  # one line per job under torchrun
+        print(f"wrote {path}")
+    return 0
+
+
+def add_sd4match_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``semcorr train sd4match``."""
+    parser = subparsers.add_parser(
+        "sd4match",
+        help="SD4Match prompt tuning of a frozen Stable Diffusion 2.1",
+        description="Learn an SD4Match prompt (single, class or cpm) with the Gaussian "
+        "cross-entropy loss on synthetic pairs; settings: defaults < --config file < "
+        "key=value overrides < --prompt; resumable; runs under torchrun.",
+    )
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="settings, e.g. images=DIR out=runs/sd4m sd_weights=DIR steps=500")
+    parser.add_argument("--prompt", choices=("single", "class", "cpm"), default=None,
+                        help="prompt module (default single)")
+    parser.add_argument("--config", default=None, help="YAML or JSON file of settings")
+    parser.add_argument("--log-every", type=int, default=10, help="print every N steps")
+    parser.set_defaults(func=_run)
+

@@ -205,7 +205,7 @@ class KeypointsJSON(PairDataset):
     """
 
     name = "keypoints-json"
-    protocol = {"normalisation": "bbox", "average": "pairs"}
+    protocol = {"normalisation": "bbox (target keypoints' box when none)", "average": "pairs"}
 
     def __init__(self, root: Path, split: str = "test", category: str | None = None,
                  pairs_per_category: int | None = None, seed: int = 0) -> None:

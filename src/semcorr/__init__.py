@@ -9,6 +9,7 @@ from semcorr.features import create_backbone, list_backbones
 from semcorr.io import load_image
 from semcorr.match import create_refiner, list_refiners
 from semcorr.pipeline import Matcher, MatchResult
+from semcorr.postprocess import load_head
 
 __version__ = "0.1.0"
 
@@ -21,5 +22,6 @@ __all__ = [
     "create_refiner",
     "list_backbones",
     "list_refiners",
+    "load_head",
     "load_image",
 ]

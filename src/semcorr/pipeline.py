@@ -26,7 +26,7 @@ from semcorr.match.pose import (
 from semcorr.match.refine import Refiner, create_refiner
 from semcorr.match.similarity import cosine_similarity, sample_descriptors
 
-__all__ = ["MatchResult", "Matcher", "SourceFeatures"]
+__all__ = ["MatchResult", "Matcher", "SourceFeatures", "mask_to_grid"]
 
 
 @dataclass
@@ -55,6 +55,8 @@ class SourceFeatures:
         features: ``(K, C, h, w)``.
         transforms: one :class:`ResizePad` per candidate.
         width, height: the original source size.
+        instance_masks: optional ``(K, h, w)`` instance masks of the object on the grid of each
+            candidate (from :meth:`Matcher.source_features` with a ``mask``).
     """
 
     poses: tuple[str, ...]
@@ -62,11 +64,28 @@ class SourceFeatures:
     transforms: list[ResizePad]
     width: int
     height: int
+    instance_masks: torch.Tensor | None = None
 
     def valid_masks(self) -> torch.Tensor:
         """``(K, h, w)`` content masks of the candidates."""
         device = self.features.device
         return torch.stack([t.valid_cells(device) for t in self.transforms])
+
+
+def mask_to_grid(mask: torch.Tensor, transform: ResizePad, grid: tuple[int, int]) -> torch.Tensor:
+    """An instance mask in original pixels ``(H, W)`` → the feature grid ``(h, w)`` (boolean).
+
+    The mask is resized and padded like the image, then a cell is on the object when more than
+    half of it is.
+    """
+    check_shape(mask, "H W", "instance mask")
+    if tuple(mask.shape) != (transform.height, transform.width):
+        raise InputError(
+            f"instance mask is {tuple(mask.shape)} (h, w), its image is "
+            f"({transform.height}, {transform.width})"
+        )
+    square = transform.apply(mask.to(torch.float32)[None, None])
+    return F.interpolate(square, size=grid, mode="area")[0, 0] > 0.5
 
 
 class Matcher:
@@ -120,12 +139,28 @@ class Matcher:
         return create_refiner(name, **options)
 
     @torch.inference_mode()
-    def source_features(self, image: torch.Tensor) -> SourceFeatures:
-        """Features of the source ``(3, H, W)`` in every pose candidate."""
+    def source_features(
+        self, image: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> SourceFeatures:
+        """Features of the source ``(3, H, W)`` in every pose candidate.
+
+        Args:
+            image: ``(3, H, W)`` in [0, 1].
+            mask: optional ``(H, W)`` boolean instance mask of the object, used by pose
+                alignment (the masked instance matching distance).
+        """
         check_shape(image, "3 H W", "source image")
         posed = [apply_pose(image, pose) for pose in self.poses]
         features, transforms = self.backbone.extract(posed)
-        return SourceFeatures(self.poses, features, transforms, image.shape[-1], image.shape[-2])
+        instance = None
+        if mask is not None:
+            grid = (features.shape[-2], features.shape[-1])
+            instance = torch.stack([
+                mask_to_grid(apply_pose(mask.cpu(), pose), t, grid)
+                for pose, t in zip(self.poses, transforms, strict=True)
+            ]).to(features.device)
+        return SourceFeatures(self.poses, features, transforms, image.shape[-1], image.shape[-2],
+                              instance)
 
     def _query_descriptors(
         self,
@@ -178,6 +213,8 @@ class Matcher:
         source_points: torch.Tensor | Sequence[Sequence[float]],
         flip_permutation: Sequence[int] | None = None,
         progress: Callable[[int], None] | None = None,
+        source_mask: torch.Tensor | None = None,
+        target_masks: Sequence[torch.Tensor | None] | None = None,
     ) -> list[MatchResult]:
         """Find the source points in every target.
 
@@ -188,6 +225,12 @@ class Matcher:
             flip_permutation: optional ``(N,)`` left/right partner index of each point (``-1``
                 for none), used for flipped pose candidates.
             progress: called with the number of targets done after each batch.
+            source_mask: optional ``(H, W)`` boolean instance mask of the source object (ignored
+                when ``source_image`` is already :class:`SourceFeatures`).
+            target_masks: optional instance masks ``(H_i, W_i)`` (or ``None``), one per target.
+                Pose alignment uses the masked instance matching distance for a batch of
+                targets when the source and every target of the batch have masks, else the
+                mutual-nearest-neighbour distance on the image content.
 
         Returns:
             One :class:`MatchResult` per target, in order.
@@ -195,36 +238,45 @@ class Matcher:
         source = (
             source_image
             if isinstance(source_image, SourceFeatures)
-            else self.source_features(source_image)
+            else self.source_features(source_image, source_mask)
         )
         points = self._check_points(source_points, source.width, source.height)
         perm = self._check_permutation(flip_permutation, points.shape[0])
         descriptors = self._query_descriptors(source, points, perm)  # (K, N, C)
+        masks = list(target_masks) if target_masks is not None else None
         results: list[MatchResult] = []
         batch: list[torch.Tensor] = []
         for image in target_images:
             check_shape(image, "3 H W", "target image")
             batch.append(image)
             if len(batch) == self.batch_size:
-                results.extend(self._match_batch(source, descriptors, batch))
+                results.extend(self._match_batch(source, descriptors, batch,
+                                                 _slice(masks, len(results), len(batch))))
                 batch = []
                 if progress is not None:
                     progress(self.batch_size)
         if batch:
-            results.extend(self._match_batch(source, descriptors, batch))
+            results.extend(self._match_batch(source, descriptors, batch,
+                                             _slice(masks, len(results), len(batch))))
             if progress is not None:
                 progress(len(batch))
         return results
 
     def choose_poses(
-        self, source: SourceFeatures, target_features: torch.Tensor, target_masks: torch.Tensor
+        self,
+        source: SourceFeatures,
+        target_features: torch.Tensor,
+        target_masks: torch.Tensor,
+        instance: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Pick a candidate per target.
 
         Args:
             source: the source's candidate features.
             target_features: ``(B, C, h, w)``.
-            target_masks: ``(B, h, w)`` content masks.
+            target_masks: ``(B, h, w)`` content masks, or instance masks when ``instance``.
+            instance: use the source's instance masks and the one-way nearest-neighbour
+                distance inside the masks (else mutual nearest neighbours on content masks).
 
         Returns:
             chosen: ``(B,)`` candidate index; distances: ``(K, B)``.
@@ -232,7 +284,8 @@ class Matcher:
         b = target_features.shape[0]
         if len(source.poses) == 1:
             return target_features.new_zeros(b, dtype=torch.long), target_features.new_zeros(1, b)
-        source_masks = source.valid_masks()
+        use_instance = instance and source.instance_masks is not None
+        source_masks = source.instance_masks if use_instance else source.valid_masks()
         distances = torch.stack(
             [
                 instance_matching_distance(
@@ -241,6 +294,7 @@ class Matcher:
                     source_masks[k : k + 1].expand(b, -1, -1),
                     target_masks,
                     size=self.pose_grid,
+                    mutual=not use_instance,
                 )
                 for k in range(len(source.poses))
             ]
@@ -248,11 +302,29 @@ class Matcher:
         return distances.argmin(dim=0), distances
 
     def _match_batch(
-        self, source: SourceFeatures, descriptors: torch.Tensor, images: list[torch.Tensor]
+        self,
+        source: SourceFeatures,
+        descriptors: torch.Tensor,
+        images: list[torch.Tensor],
+        instance_masks: list[torch.Tensor | None] | None = None,
     ) -> list[MatchResult]:
         features, transforms = self.backbone.extract(images)
         masks = torch.stack([t.valid_cells(features.device) for t in transforms])  # (B, h, w)
-        chosen, distances = self.choose_poses(source, features, masks)
+        use_instance = (
+            self.pose_align
+            and source.instance_masks is not None
+            and instance_masks is not None
+            and all(m is not None for m in instance_masks)
+        )
+        if use_instance:
+            grid = (features.shape[-2], features.shape[-1])
+            pose_masks = torch.stack([
+                mask_to_grid(m.cpu(), t, grid) for m, t in zip(instance_masks, transforms,
+                                                               strict=True)
+            ]).to(features.device)
+        else:
+            pose_masks = masks
+        chosen, distances = self.choose_poses(source, features, pose_masks, use_instance)
         queries = descriptors.to(features.device)[chosen]  # (B, N, C)
         if queries.shape[1] == 0:
             cells = features.new_zeros(len(images), 0, 2)
@@ -276,3 +348,13 @@ class Matcher:
                 )
             )
         return results
+
+
+def _slice(masks: list[torch.Tensor | None] | None, start: int, count: int
+           ) -> list[torch.Tensor | None] | None:
+    """The masks of targets ``start .. start + count`` (``None`` when none were given)."""
+    if masks is None:
+        return None
+    if start + count > len(masks):
+        raise InputError(f"{len(masks)} target masks for more targets")
+    return masks[start:start + count]

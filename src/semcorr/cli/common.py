@@ -14,13 +14,17 @@ __all__ = ["add_backbone_options", "add_refine_options", "backbone_from_args", "
 
 
 def add_backbone_options(parser: argparse.ArgumentParser) -> None:
-    """``--backbone``, ``--weights``, ``--device``."""
+    """``--backbone``, ``--weights``, ``--device``, ``--head``, ``--head-weights``."""
     parser.add_argument("--backbone", default="dense-sift",
                         help="registered backbone name (default: dense-sift, no download)")
     parser.add_argument("--weights", default=None,
                         help="hub id, local file or folder of the backbone's weights")
     parser.add_argument("--device", default=None,
                         help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--head", default=None,
+                        help="post-processing head on the features (e.g. geoaware)")
+    parser.add_argument("--head-weights", default=None,
+                        help="weights file of the head (e.g. GeoAware-SC's best_856.PTH)")
 
 
 def choose_device(name: str | None) -> torch.device:
@@ -34,8 +38,25 @@ def choose_device(name: str | None) -> torch.device:
 
 
 def backbone_from_args(args: argparse.Namespace) -> Backbone:
-    """Build the backbone named on the command line, on the chosen device."""
-    backbone = create_backbone(args.backbone, weights=args.weights)
+    """Build the backbone named on the command line (with its head, if any) on the device."""
+    head_name = getattr(args, "head", None)
+    from semcorr.train.finetune import is_finetune_checkpoint, load_finetuned  # light module
+
+    if head_name is None and is_finetune_checkpoint(args.weights):  # `semcorr train finetune`
+        expected = None if args.backbone == "dense-sift" else args.backbone
+        backbone = load_finetuned(args.weights, expected_backbone=expected)
+    elif head_name is None:
+        if getattr(args, "head_weights", None) is not None:
+            raise InputError("--head-weights needs --head")
+        backbone = create_backbone(args.backbone, weights=args.weights)
+    else:
+        from semcorr.postprocess import HeadedBackbone, backbone_options_for_head, load_head
+
+        options = backbone_options_for_head(head_name, args.backbone)
+        head = load_head(head_name, args.head_weights)
+        backbone = HeadedBackbone(
+            create_backbone(args.backbone, weights=args.weights, **options), head, head_name
+        )
     return backbone.to(choose_device(args.device)).eval()
 
 

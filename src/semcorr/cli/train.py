@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from semcorr.errors import InputError
+from semcorr.train.sd4match import add_sd4match_parser
 
 __all__ = ["METHODS", "add_parser"]
 
@@ -100,7 +102,9 @@ def _run_geoaware(args: argparse.Namespace) -> int:
             parts = "  ".join(f"{k} {v:.4g}" for k, v in numbers.items())
             print(f"step {step + 1}  {parts}", flush=True)
 
-    print(f"wrote {train_geoaware(config, progress=report)}")
+    path = train_geoaware(config, progress=report)
+    if os.environ.get("RANK", "0") == "0":  # the process group is gone by now
+        print(f"wrote {path}")
     return 0
 
 
@@ -121,10 +125,18 @@ def _add_geoaware(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_run_geoaware)
 
 
+def _add_finetune(subparsers: argparse._SubParsersAction) -> None:
+    from semcorr.train.finetune import add_finetune_parser
+
+    add_finetune_parser(subparsers)
+
+
 #: Training methods: name → function adding its sub-parser.
 METHODS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "r2d2": _add_r2d2,
     "geoaware": _add_geoaware,
+    "finetune": _add_finetune,
+    "sd4match": add_sd4match_parser,
 }
 
 

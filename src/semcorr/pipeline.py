@@ -26,7 +26,7 @@ from semcorr.match.pose import (
 from semcorr.match.refine import Refiner, create_refiner
 from semcorr.match.similarity import cosine_similarity, sample_descriptors
 
-__all__ = ["MatchResult", "Matcher", "SourceFeatures", "mask_to_grid"]
+__all__ = ["MatchResult", "Matcher", "SourceFeatures", "TargetFeatures", "mask_to_grid"]
 
 
 @dataclass
@@ -70,6 +70,19 @@ class SourceFeatures:
         """``(K, h, w)`` content masks of the candidates."""
         device = self.features.device
         return torch.stack([t.valid_cells(device) for t in self.transforms])
+
+
+@dataclass
+class TargetFeatures:
+    """A target image's features, computed once and reusable across sources.
+
+    Attributes:
+        features: ``(C, h, w)``.
+        transform: the image's :class:`ResizePad`.
+    """
+
+    features: torch.Tensor
+    transform: ResizePad
 
 
 def mask_to_grid(mask: torch.Tensor, transform: ResizePad, grid: tuple[int, int]) -> torch.Tensor:
@@ -209,7 +222,7 @@ class Matcher:
     def match(
         self,
         source_image: torch.Tensor | SourceFeatures,
-        target_images: Iterable[torch.Tensor],
+        target_images: Iterable[torch.Tensor | TargetFeatures],
         source_points: torch.Tensor | Sequence[Sequence[float]],
         flip_permutation: Sequence[int] | None = None,
         progress: Callable[[int], None] | None = None,
@@ -220,7 +233,8 @@ class Matcher:
 
         Args:
             source_image: ``(3, H, W)`` in [0, 1], or features from :meth:`source_features`.
-            target_images: iterable of ``(3, H_i, W_i)`` images (streamed in batches).
+            target_images: iterable of ``(3, H_i, W_i)`` images (streamed in batches), or of
+                :class:`TargetFeatures` from :meth:`target_features`.
             source_points: ``(N, 2)`` (x, y) in source pixels.
             flip_permutation: optional ``(N,)`` left/right partner index of each point (``-1``
                 for none), used for flipped pose candidates.
@@ -247,7 +261,8 @@ class Matcher:
         results: list[MatchResult] = []
         batch: list[torch.Tensor] = []
         for image in target_images:
-            check_shape(image, "3 H W", "target image")
+            if not isinstance(image, TargetFeatures):
+                check_shape(image, "3 H W", "target image")
             batch.append(image)
             if len(batch) == self.batch_size:
                 results.extend(self._match_batch(source, descriptors, batch,
@@ -301,14 +316,33 @@ class Matcher:
         )
         return distances.argmin(dim=0), distances
 
+    @torch.inference_mode()
+    def target_features(self, image: torch.Tensor) -> TargetFeatures:
+        """Features of one target ``(3, H, W)``, to reuse across several sources."""
+        check_shape(image, "3 H W", "target image")
+        features, transforms = self.backbone.extract([image])
+        return TargetFeatures(features[0], transforms[0])
+
+    def _target_batch(
+        self, items: list[torch.Tensor | TargetFeatures]
+    ) -> tuple[torch.Tensor, list[ResizePad]]:
+        """Features ``(B, C, h, w)`` and transforms of images and/or precomputed targets."""
+        todo = [i for i, item in enumerate(items) if not isinstance(item, TargetFeatures)]
+        computed: dict[int, TargetFeatures] = {}
+        if todo:
+            features, transforms = self.backbone.extract([items[i] for i in todo])
+            computed = {i: TargetFeatures(f, t) for i, f, t in zip(todo, features, transforms)}
+        ready = [computed.get(i, item) for i, item in enumerate(items)]
+        return torch.stack([t.features for t in ready]), [t.transform for t in ready]
+
     def _match_batch(
         self,
         source: SourceFeatures,
         descriptors: torch.Tensor,
-        images: list[torch.Tensor],
+        images: list[torch.Tensor | TargetFeatures],
         instance_masks: list[torch.Tensor | None] | None = None,
     ) -> list[MatchResult]:
-        features, transforms = self.backbone.extract(images)
+        features, transforms = self._target_batch(images)
         masks = torch.stack([t.valid_cells(features.device) for t in transforms])  # (B, h, w)
         use_instance = (
             self.pose_align

@@ -171,3 +171,20 @@ def test_module_equals_function(name: str) -> None:
     }
     assert torch.allclose(coords, functions[name](scores))
     assert torch.allclose(best, scores.flatten(2).max(-1).values)
+
+
+def test_precomputed_target_features_give_the_same_answer() -> None:
+    from semcorr import Matcher, create_backbone
+    from semcorr.io import load_image
+    from semcorr.samples import load_samples
+
+    samples = load_samples()
+    matcher = Matcher(create_backbone("dense-sift"), pose_align=True)
+    source = load_image(samples.source)
+    target = load_image(samples.targets[1])
+    direct = matcher.match(source, [target], samples.points)[0]
+    cached = matcher.target_features(target)
+    mixed = matcher.match(source, [cached, target], samples.points)
+    for result in mixed:
+        assert torch.allclose(result.points, direct.points, atol=1e-5)
+        assert result.pose == direct.pose == "hflip"

@@ -30,7 +30,7 @@ from semcorr.data.base import PairDataset, PairSample
 from semcorr.errors import ImageError, InputError
 from semcorr.eval.pck import DEFAULT_THRESHOLDS, PCKAccumulator, format_threshold, pck_correct
 from semcorr.io import atomic_write_bytes, atomic_write_json, load_image
-from semcorr.pipeline import Matcher, SourceFeatures
+from semcorr.pipeline import Matcher, SourceFeatures, TargetFeatures
 
 __all__ = [
     "CURVE_ALPHAS",
@@ -54,28 +54,30 @@ _MAX_LISTED_SKIPS = 100
 
 
 class FeatureLRU:
-    """A bounded cache of source features keyed by image path (least recently used out).
+    """A bounded cache of source (or, with ``target=True``, target) features keyed by image
+    path, least recently used out.
 
     Args:
         matcher: computes the features.
         size: the most images kept.
     """
 
-    def __init__(self, matcher: Matcher, size: int = 4) -> None:
+    def __init__(self, matcher: Matcher, size: int = 4, target: bool = False) -> None:
         self.matcher = matcher
         self.size = max(0, size)
-        self._items: OrderedDict[str, SourceFeatures] = OrderedDict()
+        self.compute = matcher.target_features if target else matcher.source_features
+        self._items: OrderedDict[str, SourceFeatures | TargetFeatures] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
-    def __call__(self, path: Path) -> SourceFeatures:
+    def __call__(self, path: Path) -> Any:
         key = str(path)
         if key in self._items:
             self._items.move_to_end(key)
             self.hits += 1
             return self._items[key]
         self.misses += 1
-        features = self.matcher.source_features(load_image(path))
+        features = self.compute(load_image(path))
         if self.size:
             self._items[key] = features
             while len(self._items) > self.size:
@@ -159,7 +161,9 @@ def _check_config(out_dir: Path, config: dict[str, Any], overwrite: bool) -> Non
     atomic_write_json(path, config)
 
 
-def _predict(matcher: Matcher, sources: FeatureLRU, sample: PairSample) -> dict[str, Any]:
+def _predict(
+    matcher: Matcher, sources: FeatureLRU, targets: FeatureLRU, sample: PairSample
+) -> dict[str, Any]:
     """One prediction record: points for the visible keypoints, ground truth, reference."""
     visible = sample.visible
     rows = visible.nonzero().flatten()
@@ -170,12 +174,17 @@ def _predict(matcher: Matcher, sources: FeatureLRU, sample: PairSample) -> dict[
         "keypoint_ids": sample.keypoint_ids[rows].tolist(),
         "gt": sample.target_points[rows].tolist(),
         "geo_aware": sample.geometry_aware()[rows].tolist(),
+        # for galleries and difficulty breakdowns, drawn from this file alone
+        "source_path": str(sample.source_path),
+        "target_path": str(sample.target_path),
+        "src": sample.source_points[rows].tolist(),
+        "extra": {k: v for k, v in sample.extra.items() if isinstance(v, (str, int, float, bool))},
     }
     if rows.numel() == 0:
         record.update(pred=[], scores=[], pose="identity")
         return record
     source = sources(sample.source_path)
-    target = load_image(sample.target_path)
+    target = targets(sample.target_path)
     points = sample.source_points[rows].float()
     points = torch.stack(  # annotations a hair outside the image are pulled onto its border
         [points[:, 0].clamp(0, source.width - 1), points[:, 1].clamp(0, source.height - 1)], dim=1
@@ -195,7 +204,7 @@ def export_predictions(
     dataset: PairDataset,
     out_dir: Path,
     limit: int | None = None,
-    cache_size: int = 4,
+    cache_size: int = 16,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
@@ -206,7 +215,7 @@ def export_predictions(
         dataset: any :class:`~semcorr.data.PairDataset`.
         out_dir: output folder (created).
         limit: only the first ``limit`` pairs.
-        cache_size: source images whose features are kept.
+        cache_size: source images, and as many target images, whose features are kept.
         progress: show a progress bar.
         log: called with one line per skipped pair.
 
@@ -223,6 +232,7 @@ def export_predictions(
     done = _repair(path)
     total = len(dataset) if limit is None else min(limit, len(dataset))
     sources = FeatureLRU(matcher, cache_size)
+    targets = FeatureLRU(matcher, cache_size, target=True)
     in_scope: set[str] = set()
     predicted = 0
     start = time.perf_counter()
@@ -241,7 +251,7 @@ def export_predictions(
             if sample.pair_id in done:
                 continue
             try:
-                record = _predict(matcher, sources, sample)
+                record = _predict(matcher, sources, targets, sample)
             except ImageError as exc:
                 record = {
                     "pair_id": sample.pair_id,
@@ -275,8 +285,12 @@ def compute_metrics(
         The accumulator's summary plus ``pairs``, ``skipped``, ``skipped_pairs`` and
         ``curve`` (``alpha``, ``per_image``, ``per_keypoint`` over :data:`CURVE_ALPHAS`).
     """
+    from semcorr.analysis.breakdowns import BreakdownAccumulator
+
     alphas = sorted(set(CURVE_ALPHAS) | {round(float(a), 6) for a in thresholds})
     accumulator = PCKAccumulator(alphas, average=average)
+    columns = [alphas.index(round(float(a), 6)) for a in thresholds]
+    breakdowns = BreakdownAccumulator([format_threshold(a) for a in thresholds])
     seen: set[str] = set()
     skipped: list[dict[str, str]] = []
     pairs = 0
@@ -294,6 +308,8 @@ def compute_metrics(
         correct = pck_correct(pred, gt, float(record["reference"]), alphas)
         geo = torch.tensor(record["geo_aware"], dtype=torch.bool).reshape(-1)
         accumulator.add(record["category"], correct, geo)
+        breakdowns.add(correct[:, columns], record["category"], record.get("keypoint_ids"), geo,
+                       record.get("extra"))
     summary = accumulator.summary()
     wanted = [format_threshold(a) for a in thresholds]
 
@@ -319,6 +335,7 @@ def compute_metrics(
             "per_category": {c: pick(t) for c, t in geo["per_category"].items()},
         },
         "curve": curve,
+        "breakdowns": breakdowns.summary(),
     }
 
 
@@ -329,10 +346,12 @@ def evaluate(
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
     limit: int | None = None,
     overwrite: bool = False,
-    cache_size: int = 4,
+    cache_size: int = 16,
     progress: bool = True,
     plot: bool = True,
     extra_config: dict[str, Any] | None = None,
+    save_examples: int = 0,
+    examples_alpha: float = 0.1,
 ) -> dict[str, Any]:
     """Export predictions, then compute and write the metrics.
 
@@ -344,16 +363,20 @@ def evaluate(
         thresholds: reported α values (two decimals in the results).
         limit: evaluate the first ``limit`` pairs only.
         overwrite: discard earlier predictions in ``out_dir`` instead of resuming.
-        cache_size: source images whose features are kept in memory.
+        cache_size: source images, and as many target images, whose features are kept.
         progress: show a progress bar.
         plot: write the PCK-vs-α plot.
         extra_config: more JSON fields recorded in ``config.json`` (e.g. the command line).
+        save_examples: write the N best and N worst pairs as pictures and an offline
+            ``examples/index.html`` (see :func:`semcorr.viz.gallery.save_gallery`).
+        examples_alpha: the PCK threshold that ranks and colours the examples.
 
     Returns:
         The ``results.json`` content: ``dataset``, ``split``, ``pairs``, ``skipped``,
         ``protocol``, ``thresholds``, ``pck``, ``per_category``, ``geo_aware``, ``counts``,
         ``curve``, ``config``, ``timing``.
     """
+    from semcorr.analysis.breakdowns import breakdown_tables
     from semcorr.eval.report import markdown_table
 
     if limit is not None and limit < 1:
@@ -399,8 +422,18 @@ def evaluate(
             "seconds_this_run": round(export["seconds"], 3),
         },
     }
+    if save_examples:
+        from semcorr.viz.gallery import save_gallery
+
+        results["examples"] = save_gallery(
+            out / PREDICTIONS, out / "examples", save_examples, examples_alpha,
+            export["pair_ids"], title=f"{dataset.name} ({dataset.split}): best and worst pairs",
+        )
     atomic_write_json(out / RESULTS, results)
-    atomic_write_bytes(out / TABLE, (markdown_table(results) + "\n").encode("utf-8"))
+    tables = breakdown_tables(results["breakdowns"], results["thresholds"])
+    atomic_write_bytes(
+        out / TABLE, (markdown_table(results) + "\n\n" + tables + "\n").encode("utf-8")
+    )
     if plot:
         from semcorr.viz.plots import save_pck_curve
 

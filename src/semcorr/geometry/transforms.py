@@ -75,7 +75,7 @@ class ResizePad:
         return (points - offset + 0.5) / scale - 0.5
 
     def to_grid(self, points: torch.Tensor) -> torch.Tensor:
-        """Original-image pixels → continuous feature-grid coordinates (cell centres at integers)."""
+        """Original-image pixels → continuous grid coordinates (cell centres at integers)."""
         return (self.to_input(points) + 0.5) / self.stride - 0.5
 
     def from_grid(self, cells: torch.Tensor) -> torch.Tensor:
@@ -109,7 +109,7 @@ class ResizePad:
 
 
 def inside_image(points: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """Whether each point ``(..., 2)`` lies inside a ``width x height`` image (boolean ``(...)``)."""
+    """Whether each point ``(..., 2)`` lies inside a ``width x height`` image: ``(...)`` bool."""
     x, y = points[..., 0], points[..., 1]
     return (x >= -0.5) & (x <= width - 0.5) & (y >= -0.5) & (y <= height - 0.5)
 

@@ -1,7 +1,7 @@
 """Stage 0: reading images and writing results."""
 
-from semcorr.io.image import MAX_PIXELS, load_image, load_pil, pil_to_tensor
 from semcorr.io.files import atomic_write_bytes, atomic_write_json
+from semcorr.io.image import MAX_PIXELS, load_image, load_pil, pil_to_tensor
 
 __all__ = [
     "MAX_PIXELS",

@@ -175,7 +175,7 @@ class Matcher:
         return SourceFeatures(self.poses, features, transforms, image.shape[-1], image.shape[-2],
                               instance)
 
-    def _query_descriptors(
+    def query_descriptors(
         self,
         source: SourceFeatures,
         points: torch.Tensor,
@@ -193,7 +193,8 @@ class Matcher:
         return torch.stack(rows)
 
     @staticmethod
-    def _check_points(points: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    def check_points(points: torch.Tensor, width: int, height: int) -> torch.Tensor:
+        """Source points as a float ``(N, 2)`` tensor; refuses non-finite or outside points."""
         points = torch.as_tensor(points, dtype=torch.float32)
         if points.numel() == 0:
             return points.reshape(0, 2)
@@ -210,7 +211,8 @@ class Matcher:
         return points
 
     @staticmethod
-    def _check_permutation(perm: Sequence[int] | None, n: int) -> torch.Tensor | None:
+    def check_permutation(perm: Sequence[int] | None, n: int) -> torch.Tensor | None:
+        """A left/right partner index per point as ``(N,)`` long (``-1`` → the point itself)."""
         if perm is None:
             return None
         perm_t = torch.as_tensor(list(perm), dtype=torch.long)
@@ -254,9 +256,9 @@ class Matcher:
             if isinstance(source_image, SourceFeatures)
             else self.source_features(source_image, source_mask)
         )
-        points = self._check_points(source_points, source.width, source.height)
-        perm = self._check_permutation(flip_permutation, points.shape[0])
-        descriptors = self._query_descriptors(source, points, perm)  # (K, N, C)
+        points = self.check_points(source_points, source.width, source.height)
+        perm = self.check_permutation(flip_permutation, points.shape[0])
+        descriptors = self.query_descriptors(source, points, perm)  # (K, N, C)
         masks = list(target_masks) if target_masks is not None else None
         results: list[MatchResult] = []
         batch: list[torch.Tensor] = []

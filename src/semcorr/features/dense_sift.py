@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from semcorr.errors import InputError
 from semcorr.features.base import Backbone, BackboneInfo, register_backbone
 
-__all__ = ["DenseSIFT", "dense_sift"]
+__all__ = ["PRESETS", "DenseSIFT", "dense_sift", "dense_sift_precise"]
 
 _LUMA = (0.299, 0.587, 0.114)
 _CELLS = 4  # cells per side of a SIFT descriptor
@@ -152,12 +152,36 @@ class DenseSIFT(Backbone):
         return torch.cat(parts, dim=1) / math.sqrt(len(parts))
 
 
-@register_backbone("dense-sift")
-def dense_sift(*, weights: str | None = None, **options: object) -> DenseSIFT:
-    """The weight-free dense SIFT backbone (``weights`` must be ``None``)."""
+#: Named settings. ``semantic`` (the default) gives each descriptor a wide context, which is
+#: what matching across object instances needs (PF-Willow); ``precise`` keeps finer cells at a
+#: higher resolution, which same-instance matching under rotation and zoom prefers.
+PRESETS: dict[str, dict[str, object]] = {
+    "semantic": {"image_size": 256, "bin_sizes": (8, 16, 32, 64)},
+    "precise": {"image_size": 384, "bin_sizes": (4, 8, 16, 32, 64)},
+}
+
+
+def _build(preset: str, weights: str | None, options: dict[str, object]) -> DenseSIFT:
     if weights is not None:
         raise InputError("dense-sift has no weights; drop --weights")
+    if preset not in PRESETS:
+        raise InputError(f"dense-sift: unknown preset {preset!r} (known: {', '.join(PRESETS)})")
     try:
-        return DenseSIFT(**options)  # type: ignore[arg-type]
+        return DenseSIFT(**{**PRESETS[preset], **options})  # type: ignore[arg-type]
     except TypeError as exc:
         raise InputError(f"dense-sift: {exc}") from None
+
+
+@register_backbone("dense-sift")
+def dense_sift(
+    *, weights: str | None = None, preset: str = "semantic", **options: object
+) -> DenseSIFT:
+    """The weight-free dense SIFT backbone (``weights`` must be ``None``); keyword options
+    override the preset's."""
+    return _build(preset, weights, options)
+
+
+@register_backbone("dense-sift-precise")
+def dense_sift_precise(*, weights: str | None = None, **options: object) -> DenseSIFT:
+    """``dense-sift`` with the ``precise`` preset (same-instance matching)."""
+    return _build("precise", weights, options)

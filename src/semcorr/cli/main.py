@@ -19,7 +19,9 @@ from semcorr.errors import SemcorrError
 __all__ = ["JOBS", "build_parser", "main"]
 
 #: Job modules under ``semcorr.cli``, in the order ``semcorr --help`` lists them.
-JOBS = ["match", "demo", "extract", "eval", "keypoints", "train"]
+JOBS = [
+    "match", "demo", "extract", "eval", "keypoints", "train", "serve", "transfer",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

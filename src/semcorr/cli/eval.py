@@ -52,6 +52,8 @@ def _run(args: argparse.Namespace) -> int:
     from semcorr.pipeline import Matcher
 
     thresholds = parse_thresholds(args.thresholds)
+    if args.save_examples < 0 or not 0 < args.examples_alpha < 1:
+        raise InputError("--save-examples must be >= 0 and --examples-alpha between 0 and 1")
     options = parse_dataset_options(args.dataset_option)
     if args.category:
         options["category"] = args.category
@@ -74,11 +76,15 @@ def _run(args: argparse.Namespace) -> int:
         limit=args.limit,
         overwrite=args.overwrite,
         progress=not args.quiet,
+        save_examples=args.save_examples,
+        examples_alpha=args.examples_alpha,
     )
     print(markdown_table(results))
     for item in results["skipped_pairs"]:
         print(f"skipped {item['pair_id']}: {item['reason']}")
     print(f"wrote {out}/results.json, results.md, pck_curve.png")
+    if args.save_examples:
+        print(f"wrote {results['examples']['index']}")
     return 0
 
 
@@ -124,4 +130,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="discard earlier predictions in --out instead of resuming",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--save-examples", type=int, default=0, metavar="N",
+                        help="write the N best and N worst pairs as pictures and an offline "
+                        "OUT/examples/index.html")
+    parser.add_argument("--examples-alpha", type=float, default=0.1, metavar="A",
+                        help="PCK threshold that ranks and colours the examples (default: 0.1)")
     parser.set_defaults(func=_run)

@@ -21,6 +21,7 @@ __all__ = ["JOBS", "build_parser", "main"]
 #: Job modules under ``semcorr.cli``, in the order ``semcorr --help`` lists them.
 JOBS = [
     "match", "demo", "extract", "eval", "keypoints", "train", "serve", "transfer",
+    "show", "analyze", "data",
 ]
 
 

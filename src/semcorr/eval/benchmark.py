@@ -283,7 +283,9 @@ def compute_metrics(
 
     Returns:
         The accumulator's summary plus ``pairs``, ``skipped``, ``skipped_pairs`` and
-        ``curve`` (``alpha``, ``per_image``, ``per_keypoint`` over :data:`CURVE_ALPHAS`).
+        ``curve`` (``alpha``, ``per_image``, ``per_keypoint`` over :data:`CURVE_ALPHAS`) and
+        ``breakdowns`` (:class:`~semcorr.analysis.breakdowns.BreakdownAccumulator`: by
+        difficulty, category, keypoint id, geometry-aware vs the rest; mean and std).
     """
     from semcorr.analysis.breakdowns import BreakdownAccumulator
 
@@ -374,7 +376,7 @@ def evaluate(
     Returns:
         The ``results.json`` content: ``dataset``, ``split``, ``pairs``, ``skipped``,
         ``protocol``, ``thresholds``, ``pck``, ``per_category``, ``geo_aware``, ``counts``,
-        ``curve``, ``config``, ``timing``.
+        ``curve``, ``breakdowns``, ``config``, ``timing`` (and ``examples`` when saved).
     """
     from semcorr.analysis.breakdowns import breakdown_tables
     from semcorr.eval.report import markdown_table

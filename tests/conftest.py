@@ -6,9 +6,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-SHARED_DATA = SHARED / "data"
+from shared_data import shared_path
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -24,12 +22,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-def shared_path(*parts: str) -> Path:
-    """A path under ../shared/data, or skip the test with a clear reason if it is absent."""
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"{path} is absent (../shared is not beside the repository)")
-    return path
 
 
 @pytest.fixture

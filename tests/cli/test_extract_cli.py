@@ -140,7 +140,7 @@ def test_bad_input(tmp_path: Path, images: list[Path], capsys: pytest.CaptureFix
 
 
 def test_dataset_branch(tmp_path: Path) -> None:
-    from conftest import shared_path
+    from shared_data import shared_path
 
     root = shared_path("pf-willow")
     data = pytest.importorskip("semcorr.data")

@@ -21,16 +21,7 @@ from semcorr.eval.homography import (
     reprojection_errors,
     warp_points,
 )
-
-
-def shared_path(*parts: str) -> Path:
-    """A path under ../shared/data, or skip (same rule as tests/conftest.py's helper, which a
-    sibling conftest.py can shadow as ``conftest``)."""
-    path = Path(__file__).resolve().parents[2].parent.joinpath("shared", "data", *parts)
-    if not path.exists():
-        pytest.skip(f"{path} is absent (../shared is not beside the repository)")
-    return path
-
+from shared_data import shared_path
 
 SHIFT = torch.tensor([[1.0, 0, 3], [0, 1, -2], [0, 0, 1]], dtype=torch.float64)
 

@@ -380,7 +380,7 @@ def test_lossy_storage_keeps_matches_on_real_photos(
     """Nearest-neighbour matches of every cell of graffiti img1 in img2 (dense-sift, 32 x 32
     grid) from decoded features agree with float32 ones (measured: float16 1.000, bfloat16
     0.997, int8 0.988; the rest are near-ties) and the best similarity moves by < 2e-3."""
-    from conftest import shared_path
+    from shared_data import shared_path
 
     root = shared_path("homography", "graffiti")
     paths = [root / "img1.png", root / "img2.png"]

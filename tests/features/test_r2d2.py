@@ -29,16 +29,7 @@ from semcorr.features.r2d2 import (
 )
 from semcorr.io import load_image
 from semcorr.train.r2d2 import random_homography, warp_image
-
-
-def shared_path(*parts: str) -> Path:
-    """A path under ../shared/data, or skip (same rule as tests/conftest.py's helper, which a
-    sibling conftest.py can shadow as ``conftest``)."""
-    path = Path(__file__).resolve().parents[2].parent.joinpath("shared", "data", *parts)
-    if not path.exists():
-        pytest.skip(f"{path} is absent (../shared is not beside the repository)")
-    return path
-
+from shared_data import shared_path
 
 # Published key layout of r2d2_WASF_N16.pt (module prefix removed): conv indices of ops.
 QUAD_CONVS = [0, 3, 6, 9, 12, 15, 18, 20, 22]

@@ -30,14 +30,7 @@ from semcorr.train.r2d2 import (
     warp_image,
     warp_to_first,
 )
-
-
-def shared_path(*parts: str) -> Path:
-    """A path under ../shared/data, or skip (as tests/conftest.py's helper)."""
-    path = Path(__file__).resolve().parents[2].parent.joinpath("shared", "data", *parts)
-    if not path.exists():
-        pytest.skip(f"{path} is absent (../shared is not beside the repository)")
-    return path
+from shared_data import shared_path
 
 
 def ranking_ap(scores: torch.Tensor, labels: torch.Tensor) -> float:

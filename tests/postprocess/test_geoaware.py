@@ -95,9 +95,8 @@ def test_cli_head_options(tmp_path):
 
 
 def test_match_cli_with_head(tmp_path, capsys):
-    from tests.conftest import shared_path
-
     from semcorr.cli.main import main
+    from shared_data import shared_path
 
     head = create_head("geoaware", feature_dims=(128,) * 4, projection_dim=128)
     torch.save(head.state_dict(), tmp_path / "h.PTH")

@@ -6,13 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tests.conftest import shared_path
 
 from semcorr import Matcher, create_backbone, load_image
 from semcorr.errors import ImageError, InputError
 from semcorr.geometry.warp import hflip_matrix, similarity_matrix, warp_image, warp_points
 from semcorr.pipeline import mask_to_grid
 from semcorr.postprocess.masks import bbox_mask, load_mask
+from shared_data import shared_path
 
 SIZE = 160
 

@@ -19,7 +19,6 @@ import torch.nn.functional as F
 pytest.importorskip("transformers")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "features"))
 
-from tests.conftest import shared_path  # noqa: E402
 from tiny_models import (  # noqa: E402, F401
     one_thread,
     save_tiny_dinov2,
@@ -47,6 +46,7 @@ from semcorr.train.finetune import (  # noqa: E402
     validation_pck,
     warmup_cosine,
 )
+from shared_data import shared_path  # noqa: E402
 
 SIZE = 112  # image side; the tiny ViT sees 8 x 8 patches of 14 px
 

@@ -15,9 +15,10 @@ import torch
 pytest.importorskip("transformers")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "features"))
 
-from tests.conftest import REPO, shared_path  # noqa: E402
 from tests.train.test_finetune import write_warped_layout  # noqa: E402
 from tiny_models import save_tiny_dinov2  # noqa: E402
+
+from shared_data import REPO, shared_path  # noqa: E402
 
 
 def _free_port() -> int:

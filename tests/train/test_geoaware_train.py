@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tests.conftest import REPO, shared_path
 
 from semcorr import load_head
 from semcorr.features.cache import FeatureCache
@@ -30,6 +29,7 @@ from semcorr.train.geoaware import (
     pair_loss,
     train_geoaware,
 )
+from shared_data import REPO, shared_path
 
 STEPS = 20
 

@@ -157,6 +157,23 @@ class HFViTBackbone(Backbone):
         return grid.to(images.dtype).contiguous()
 
 
+def vit_info(
+    name: str, config: Any, num_patches: int, layer: int, weights: str, license: str
+) -> BackboneInfo:
+    """Metadata of a transformers ViT backbone: stride = patch size, ImageNet mean/std."""
+    patch = int(config.patch_size)
+    return BackboneInfo(
+        name=name,
+        stride=patch,
+        image_size=num_patches * patch,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        weights=weights,
+        license=license,
+        extra={"dim": int(config.hidden_size), "layer": layer % config.num_hidden_layers},
+    )
+
+
 def _rename_official_key(key: str) -> list[tuple[str, int | None]]:
     """Official DINOv2 key → ``transformers`` key(s), with the chunk index of fused weights."""
     key = re.sub(r"^blocks\.\d+\.(\d+)\.", r"blocks.\1.", key)  # chunked blocks (ViT-g)
@@ -340,17 +357,7 @@ def create_dinov2(
             raise InputError(f"{name}: num_heads applies to official checkpoint files only")
         model = _load_hf_dinov2(source, variant.registers)
     config = model.config
-    patch = int(config.patch_size)
-    info = BackboneInfo(
-        name=name,
-        stride=patch,
-        image_size=num_patches * patch,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        weights=source.location,
-        license=DINOV2_LICENSE,
-        extra={"dim": int(config.hidden_size), "layer": layer % config.num_hidden_layers},
-    )
+    info = vit_info(name, config, num_patches, layer, source.location, DINOV2_LICENSE)
     return HFViTBackbone(
         model,
         info=info,

@@ -16,8 +16,8 @@ from typing import Any
 from torch import nn
 
 from semcorr.errors import InputError, WeightsError
-from semcorr.features.base import BackboneInfo, register_backbone
-from semcorr.features.dinov2 import IMAGENET_MEAN, IMAGENET_STD, HFViTBackbone, _check_loading_info
+from semcorr.features.base import register_backbone
+from semcorr.features.dinov2 import HFViTBackbone, _check_loading_info, vit_info
 from semcorr.hub import WeightsSource, load_from_pretrained, resolve_weights
 
 __all__ = ["DINOV3_HUB_IDS", "DINOV3_LICENSE", "create_dinov3"]
@@ -77,17 +77,7 @@ def create_dinov3(
         )
     model = _load(source)
     config = model.config
-    patch = int(config.patch_size)
-    info = BackboneInfo(
-        name=name,
-        stride=patch,
-        image_size=num_patches * patch,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        weights=source.location,
-        license=DINOV3_LICENSE,
-        extra={"dim": int(config.hidden_size), "layer": layer % config.num_hidden_layers},
-    )
+    info = vit_info(name, config, num_patches, layer, source.location, DINOV3_LICENSE)
     return HFViTBackbone(
         model,
         info=info,

@@ -58,6 +58,14 @@ def _expectation(logits: torch.Tensor) -> torch.Tensor:
     return torch.stack([x, y], dim=-1)
 
 
+def _offsets_from_peak(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x and y offsets ``(B, N, h, w)`` of every cell from each map's argmax."""
+    dims = check_shape(scores, "B N h w", "scores")
+    peak, _ = argmax2d(scores)
+    gx, gy = _grid(dims["h"], dims["w"], scores)
+    return gx - peak[..., 0, None, None], gy - peak[..., 1, None, None]
+
+
 def argmax2d(
     scores: torch.Tensor, mask: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,13 +124,9 @@ def window_soft_argmax2d(
     Returns:
         ``(B, N, 2)`` grid coordinates.
     """
-    dims = check_shape(scores, "B N h w", "scores")
     scores = masked_scores(scores, mask)
-    peak, _ = argmax2d(scores)
-    gx, gy = _grid(dims["h"], dims["w"], scores)
-    inside = ((gx - peak[..., 0, None, None]).abs() <= radius) & (
-        (gy - peak[..., 1, None, None]).abs() <= radius
-    )
+    dx, dy = _offsets_from_peak(scores)
+    inside = (dx.abs() <= radius) & (dy.abs() <= radius)
     return _expectation(scores.masked_fill(~inside, float("-inf")) / temperature)
 
 
@@ -147,12 +151,9 @@ def kernel_soft_argmax2d(
     Returns:
         ``(B, N, 2)`` grid coordinates.
     """
-    dims = check_shape(scores, "B N h w", "scores")
     scores = masked_scores(scores, mask)
-    peak, _ = argmax2d(scores)
-    gx, gy = _grid(dims["h"], dims["w"], scores)
-    dist2 = (gx - peak[..., 0, None, None]) ** 2 + (gy - peak[..., 1, None, None]) ** 2
-    return _expectation(scores / temperature - dist2 / (2 * sigma**2))
+    dx, dy = _offsets_from_peak(scores)
+    return _expectation(scores / temperature - (dx**2 + dy**2) / (2 * sigma**2))
 
 
 def mutual_nearest_neighbors(

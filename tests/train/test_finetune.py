@@ -410,3 +410,50 @@ class TestCheckpointUse:
             assert set(row) == {"keypoints-json (val)", "pf-willow (test)"}
             assert all(0 <= v["per_image"] <= 1 for v in row.values())
         assert "finetuned" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- a real kill
+
+
+def _cli_args(layout: Path, tiny: Path, out: Path) -> list[str]:
+    return ["train", "finetune", "--backbone", "dinov2_vits14", "--weights", str(tiny),
+            "--layers", "2", "--dataset", "keypoints-json", "--root", str(layout),
+            "--out", str(out), "--steps", "10", "--batch-size", "2", "--val-every", "0",
+            "--option", 'backbone_options={"num_patches": 8}', "--option", "temperature=0.1",
+            "--option", "checkpoint_every=2", "--device", "cpu"]
+
+
+def test_sigkilled_run_resumes_exactly(layout: Path, tiny: Path, tmp_path: Path) -> None:
+    """A real process killed with SIGKILL after its first checkpoint, then resumed with
+    ``--resume``, ends bit-identical to an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "semcorr"]
+    whole = tmp_path / "whole"
+    subprocess.run([*command, *_cli_args(layout, tiny, whole)], env=env, check=True,
+                   capture_output=True, timeout=600)
+
+    part = tmp_path / "part"
+    proc = subprocess.Popen([*command, *_cli_args(layout, tiny, part)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while not (part / "last.pt").exists() and proc.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint written in time"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    killed_at = torch.load(part / "last.pt", weights_only=True)["step"]
+    assert proc.returncode == -signal.SIGKILL and killed_at < 10, "the run was not cut short"
+
+    subprocess.run([*command, *_cli_args(layout, tiny, part), "--resume"], env=env, check=True,
+                   capture_output=True, timeout=600)
+    a = torch.load(whole / "last.pt", weights_only=True)
+    b = torch.load(part / "last.pt", weights_only=True)
+    assert a["step"] == b["step"] == 10
+    for name, value in a["trained"].items():
+        assert torch.equal(value, b["trained"][name]), name
+    assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]

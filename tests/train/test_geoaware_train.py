@@ -173,7 +173,8 @@ def test_torchrun_two_processes_match_one_process(smoke):
               "label_noise=0"]
     runs = {}
     for name, launcher, batch in (
-        ("ddp", [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"], 1),
+        ("ddp", [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                 "--nproc_per_node", "2"], 1),
         ("single", [sys.executable], 2),
     ):
         args = _overrides(smoke, smoke / name, batch_size=batch) + common

@@ -47,6 +47,15 @@ class BackboneInfo:
     extra: dict[str, object] = field(default_factory=dict)
 
 
+def module_device(module: nn.Module) -> torch.device:
+    """The device of a module's first parameter or buffer (CPU for an empty module)."""
+    for tensor in module.parameters():
+        return tensor.device
+    for tensor in module.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
 class Backbone(nn.Module):
     """A dense feature extractor.
 
@@ -67,11 +76,7 @@ class Backbone(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        for tensor in self.parameters():
-            return tensor.device
-        for tensor in self.buffers():
-            return tensor.device
-        return torch.device("cpu")
+        return module_device(self)
 
     def transform_for(self, width: int, height: int) -> ResizePad:
         """The resize/pad transform that brings a ``width x height`` image to this backbone."""

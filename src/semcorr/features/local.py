@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from semcorr.features.base import module_device
 from semcorr.registry import Registry
 
 __all__ = [
@@ -34,11 +35,7 @@ class LocalFeatures(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        for tensor in self.parameters():
-            return tensor.device
-        for tensor in self.buffers():
-            return tensor.device
-        return torch.device("cpu")
+        return module_device(self)
 
     def extract(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """Keypoints, descriptors and scores of one image ``(3, H, W)`` in [0, 1]."""

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
+from semcorr.errors import InputError
 from semcorr.match import (
     argmax2d,
     create_refiner,
@@ -125,6 +128,34 @@ class TestKernelSoftArgmax:
         p = p / p.sum()
         expected = torch.tensor([(p * xs).sum(), (p * ys).sum()])
         assert torch.allclose(coords[0, 0], expected, atol=1e-5)
+
+    def test_score_weighting_known_answer(self) -> None:
+        # SD4Match's rule: the Gaussian multiplies the similarities, then the softmax
+        scores = torch.tensor([[[[0.2, -0.4, 0.9], [0.1, 0.8, -0.3]]]])  # peak at x=2, y=0
+        sigma, temperature = 1.0, 0.5
+        g = [[math.exp(-((x - 2) ** 2 + y**2) / 2) for x in range(3)] for y in range(2)]
+        logits = [[scores[0, 0, y, x].item() * g[y][x] / temperature for x in range(3)]
+                  for y in range(2)]
+        weights = [[math.exp(v) for v in row] for row in logits]
+        total = sum(map(sum, weights))
+        expected = [sum(w * x for row in weights for x, w in enumerate(row)) / total,
+                    sum(w * y for y, row in enumerate(weights) for w in row) / total]
+        coords = kernel_soft_argmax2d(scores, sigma, temperature, weighting="score")
+        assert coords[0, 0].tolist() == pytest.approx(expected, abs=1e-6)
+        # differs from the probability weighting on the same scores
+        other = kernel_soft_argmax2d(scores, sigma, temperature)
+        assert (other - coords).abs().max() > 1e-3
+
+    def test_score_weighting_respects_the_mask(self) -> None:
+        scores = torch.randn(1, 2, 5, 5, generator=torch.Generator().manual_seed(5))
+        mask = torch.ones(5, 5, dtype=torch.bool)
+        mask[:, 3:] = False
+        coords = kernel_soft_argmax2d(scores, 0.3, 0.04, mask, weighting="score")
+        assert torch.isfinite(coords).all() and (coords[..., 0] <= 2 + 1e-6).all()
+
+    def test_unknown_weighting(self) -> None:
+        with pytest.raises(InputError, match="weighting"):
+            kernel_soft_argmax2d(torch.zeros(1, 1, 2, 2), weighting="logit")
 
     def test_far_outlier_is_suppressed(self) -> None:
         scores = quadratic_peak(30, 30, 8.0, 8.0, 1.0, 0.05)

@@ -139,7 +139,7 @@ class TestLossAndInference:
         from semcorr.match.similarity import cosine_similarity, sample_descriptors
 
         expected = kernel_soft_argmax2d(cosine_similarity(sample_descriptors(f, cells), f),
-                                        sigma=2.0, temperature=0.01)
+                                        sigma=2.0, temperature=0.01, weighting="score")
         out = predict_cells(f, f, cells, sigma=2.0, temperature=0.01)
         assert torch.equal(out, expected)
         torch.testing.assert_close(out, cells, atol=0.05, rtol=0)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from semcorr.errors import InputError
 from semcorr.match.rules import (
+    KERNEL_WEIGHTINGS,
     argmax2d,
     kernel_soft_argmax2d,
     masked_scores,
@@ -14,7 +16,8 @@ from semcorr.match.rules import (
 )
 from semcorr.registry import Registry
 
-__all__ = ["REFINERS", "Refiner", "create_refiner", "list_refiners"]
+__all__ = ["REFINERS", "RULE_OPTIONS", "Refiner", "create_refiner", "list_refiners",
+           "refiner_with_options"]
 
 
 class Refiner(nn.Module):
@@ -70,20 +73,52 @@ class WindowSoftArgmax(Refiner):
 
 @REFINERS.register("kernel")
 class KernelSoftArgmax(Refiner):
-    """Soft-argmax weighted by a Gaussian of ``sigma`` cells around the argmax."""
+    """Soft-argmax with a Gaussian of ``sigma`` cells around the argmax, on the probabilities
+    (``weighting="probability"``) or on the similarities (``"score"``, SD4Match's)."""
 
-    def __init__(self, sigma: float = 3.0, temperature: float = 0.04) -> None:
+    def __init__(self, sigma: float = 3.0, temperature: float = 0.04,
+                 weighting: str = "probability") -> None:
         super().__init__()
+        if weighting not in KERNEL_WEIGHTINGS:
+            raise InputError(f"kernel weighting must be one of {KERNEL_WEIGHTINGS}, "
+                             f"got {weighting!r}")
         self.sigma = sigma
         self.temperature = temperature
+        self.weighting = weighting
 
     def rule(self, scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        return kernel_soft_argmax2d(scores, self.sigma, self.temperature, mask)
+        return kernel_soft_argmax2d(scores, self.sigma, self.temperature, mask, self.weighting)
 
 
-def create_refiner(name: str, **options: float) -> Refiner:
+def create_refiner(name: str, **options: float | str) -> Refiner:
     """Build the refinement rule ``name`` (``argmax``, ``soft``, ``window``, ``kernel``)."""
     return REFINERS.create(name, **options)
+
+
+#: The options each rule takes (the others are ignored by :func:`refiner_with_options`).
+RULE_OPTIONS: dict[str, tuple[str, ...]] = {
+    "argmax": (),
+    "soft": ("temperature",),
+    "window": ("radius", "temperature"),
+    "kernel": ("sigma", "temperature", "weighting"),
+}
+
+
+def refiner_with_options(
+    name: str,
+    *,
+    radius: int | None = None,
+    temperature: float | None = None,
+    sigma: float | None = None,
+    weighting: str | None = None,
+) -> Refiner:
+    """Build rule ``name`` with the options that apply to it; ``None`` keeps the rule's
+    default and an option the rule does not take is ignored (``--window`` with ``soft``)."""
+    given = {"radius": radius, "temperature": temperature, "sigma": sigma,
+             "weighting": weighting}
+    applicable = RULE_OPTIONS.get(name, tuple(given))
+    return create_refiner(name, **{k: v for k, v in given.items()
+                                   if v is not None and k in applicable})
 
 
 def list_refiners() -> list[str]:

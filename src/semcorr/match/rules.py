@@ -11,8 +11,10 @@ from __future__ import annotations
 import torch
 
 from semcorr.conventions import UNMATCHED, check_shape
+from semcorr.errors import InputError
 
 __all__ = [
+    "KERNEL_WEIGHTINGS",
     "argmax2d",
     "soft_argmax2d",
     "window_soft_argmax2d",
@@ -20,6 +22,9 @@ __all__ = [
     "mutual_nearest_neighbors",
     "masked_scores",
 ]
+
+#: Where the Gaussian of :func:`kernel_soft_argmax2d` acts.
+KERNEL_WEIGHTINGS: tuple[str, ...] = ("probability", "score")
 
 
 def masked_scores(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -135,25 +140,38 @@ def kernel_soft_argmax2d(
     sigma: float = 3.0,
     temperature: float = 0.04,
     mask: torch.Tensor | None = None,
+    weighting: str = "probability",
 ) -> torch.Tensor:
-    """Kernel soft-argmax: ``softmax(scores / temperature)`` multiplied by a Gaussian of std
-    ``sigma`` cells centred on the argmax, renormalised, then its mean cell.
+    """Kernel soft-argmax: a Gaussian of std ``sigma`` cells centred on the argmax suppresses
+    the distant cells, then the mean cell of the softmax is taken.
 
-    The product is formed in log space (``scores / T - d^2 / (2 sigma^2)``), so it is exact
-    for any sign of the similarities.
+    ``weighting`` says where the Gaussian ``g`` acts:
+
+    * ``"probability"`` (SFNet's kernel soft-argmax): ``softmax(scores / T) * g``,
+      renormalised; formed in log space (``scores / T - d^2 / (2 sigma^2)``), exact for any
+      sign of the similarities;
+    * ``"score"`` (SD4Match's evaluation): ``softmax(g * scores / T)``. Note that ``g``
+      pulls a negative similarity up towards 0, as in the reference.
 
     Args:
         scores: ``(B, N, h, w)``.
         sigma: Gaussian standard deviation in cells.
         temperature: softmax temperature (> 0).
         mask: optional validity mask.
+        weighting: ``"probability"`` or ``"score"``.
 
     Returns:
         ``(B, N, 2)`` grid coordinates.
     """
+    if weighting not in KERNEL_WEIGHTINGS:
+        raise InputError(f"kernel weighting must be one of {KERNEL_WEIGHTINGS}, got {weighting!r}")
     scores = masked_scores(scores, mask)
     dx, dy = _offsets_from_peak(scores)
-    return _expectation(scores / temperature - (dx**2 + dy**2) / (2 * sigma**2))
+    log_gauss = -(dx**2 + dy**2) / (2 * sigma**2)
+    if weighting == "probability":
+        return _expectation(scores / temperature + log_gauss)
+    suppressed = torch.where(torch.isfinite(scores), scores * log_gauss.exp(), scores)
+    return _expectation(suppressed / temperature)
 
 
 def mutual_nearest_neighbors(

@@ -34,6 +34,7 @@ from torch import nn
 
 from semcorr.conventions import check_shape
 from semcorr.errors import InputError
+from semcorr.features.sd4match import SD4MATCH_REFINE
 from semcorr.match.rules import kernel_soft_argmax2d
 from semcorr.match.similarity import cosine_similarity, grid_to_normalized, sample_descriptors
 
@@ -156,8 +157,10 @@ def sd4match_loss(features0: torch.Tensor, features1: torch.Tensor, cells0: torc
 
 
 def predict_cells(features0: torch.Tensor, features1: torch.Tensor, cells0: torch.Tensor,
-                  sigma: float = 7.0, temperature: float = 0.04) -> torch.Tensor:
-    """SD4Match's inference: kernel soft-argmax (:func:`~semcorr.match.rules.kernel_soft_argmax2d`).
+                  sigma: float = SD4MATCH_REFINE["sigma"],
+                  temperature: float = SD4MATCH_REFINE["temperature"]) -> torch.Tensor:
+    """SD4Match's inference: kernel soft-argmax with the Gaussian on the similarities
+    (:func:`~semcorr.match.rules.kernel_soft_argmax2d`, :data:`SD4MATCH_REFINE`).
 
     Args:
         features0, features1: ``(B, C, h0, w0)``, ``(B, C, h1, w1)``.
@@ -169,7 +172,8 @@ def predict_cells(features0: torch.Tensor, features1: torch.Tensor, cells0: torc
         ``(B, N, 2)`` predicted grid coordinates in the target.
     """
     scores = cosine_similarity(sample_descriptors(features0, cells0), features1)
-    return kernel_soft_argmax2d(scores, sigma=sigma, temperature=temperature)
+    return kernel_soft_argmax2d(scores, sigma=sigma, temperature=temperature,
+                                weighting=SD4MATCH_REFINE["weighting"])
 
 
 def pixels_to_cells(points: torch.Tensor, stride: int) -> torch.Tensor:

@@ -6,6 +6,7 @@ targets in batches: features → (pose choice) → similarity → refinement →
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -23,7 +24,7 @@ from semcorr.match.pose import (
     instance_matching_distance,
     pose_points,
 )
-from semcorr.match.refine import Refiner, create_refiner
+from semcorr.match.refine import Refiner, refiner_with_options
 from semcorr.match.similarity import cosine_similarity, sample_descriptors
 
 __all__ = ["MatchResult", "Matcher", "SourceFeatures", "TargetFeatures", "mask_to_grid"]
@@ -132,8 +133,8 @@ class Matcher:
         pose_grid: int = 64,
     ) -> None:
         self.backbone = backbone.eval()
-        self.refiner = refine if isinstance(refine, Refiner) else self._make_refiner(
-            refine, window, temperature
+        self.refiner = refine if isinstance(refine, Refiner) else refiner_with_options(
+            refine, radius=window, temperature=temperature
         )
         self.pose_align = pose_align
         self.poses = check_poses(poses) if pose_align else ("identity",)
@@ -142,14 +143,26 @@ class Matcher:
         self.batch_size = batch_size
         self.pose_grid = pose_grid
 
-    @staticmethod
-    def _make_refiner(name: str, window: int | None, temperature: float | None) -> Refiner:
-        options: dict[str, float] = {}
-        if temperature is not None and name != "argmax":
-            options["temperature"] = temperature
-        if window is not None and name == "window":
-            options["radius"] = window
-        return create_refiner(name, **options)
+    def conditioned(
+        self,
+        *,
+        category: str | None = None,
+        pair: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> Matcher:
+        """This matcher on its backbone with the condition fixed (see
+        :attr:`~semcorr.features.base.Backbone.condition`); ``self`` when the features depend on
+        the image only. The view shares the backbone's modules and the refinement rule.
+
+        Args:
+            category: the object's category (class-conditioned backbones).
+            pair: the source and target images ``(3, H_i, W_i)`` (pair-conditioned backbones).
+        """
+        backbone = self.backbone.conditioned(category=category, pair=pair)
+        if backbone is self.backbone:
+            return self
+        view = copy.copy(self)
+        view.backbone = backbone
+        return view
 
     @torch.inference_mode()
     def source_features(
@@ -230,6 +243,7 @@ class Matcher:
         progress: Callable[[int], None] | None = None,
         source_mask: torch.Tensor | None = None,
         target_masks: Sequence[torch.Tensor | None] | None = None,
+        category: str | None = None,
     ) -> list[MatchResult]:
         """Find the source points in every target.
 
@@ -247,10 +261,29 @@ class Matcher:
                 Pose alignment uses the masked instance matching distance for a batch of
                 targets when the source and every target of the batch have masks, else the
                 mutual-nearest-neighbour distance on the image content.
+            category: the object's category, for a backbone whose features depend on it
+                (e.g. an SD4Match class prompt); ignored by the others.
+
+        With a backbone whose features depend on the pair (e.g. an SD4Match conditional
+        prompt), each target is matched on features conditioned on (source, target); the images
+        must then be given, not precomputed features.
 
         Returns:
             One :class:`MatchResult` per target, in order.
         """
+        condition = self.backbone.condition
+        if condition == "category":
+            if category is None:
+                raise InputError(f"{self.backbone.info.name}: the features depend on the "
+                                 "object's category; pass category= (on the command line: "
+                                 "--backbone-option category=NAME)")
+            return self.conditioned(category=category).match(
+                source_image, target_images, source_points, flip_permutation, progress,
+                source_mask, target_masks)
+        if condition == "pair":
+            return self._match_pairwise(source_image, target_images, source_points,
+                                        flip_permutation, progress, source_mask, target_masks,
+                                        category)
         source = (
             source_image
             if isinstance(source_image, SourceFeatures)
@@ -277,6 +310,37 @@ class Matcher:
                                              _slice(masks, len(results), len(batch))))
             if progress is not None:
                 progress(len(batch))
+        return results
+
+    def _match_pairwise(
+        self,
+        source_image: torch.Tensor | SourceFeatures,
+        target_images: Iterable[torch.Tensor | TargetFeatures],
+        source_points: torch.Tensor | Sequence[Sequence[float]],
+        flip_permutation: Sequence[int] | None,
+        progress: Callable[[int], None] | None,
+        source_mask: torch.Tensor | None,
+        target_masks: Sequence[torch.Tensor | None] | None,
+        category: str | None,
+    ) -> list[MatchResult]:
+        """:meth:`match` for a pair-conditioned backbone: one conditioned view per target."""
+        name = self.backbone.info.name
+        if isinstance(source_image, SourceFeatures):
+            raise InputError(f"{name}: the features depend on the pair; give the source image, "
+                             "not precomputed features")
+        check_shape(source_image, "3 H W", "source image")
+        masks = list(target_masks) if target_masks is not None else None
+        results: list[MatchResult] = []
+        for index, target in enumerate(target_images):
+            if isinstance(target, TargetFeatures):
+                raise InputError(f"{name}: the features depend on the pair; give target "
+                                 "images, not precomputed features")
+            check_shape(target, "3 H W", "target image")
+            view = self.conditioned(pair=(source_image, target), category=category)
+            results.extend(view.match(source_image, [target], source_points, flip_permutation,
+                                      None, source_mask, _slice(masks, index, 1)))
+            if progress is not None:
+                progress(1)
         return results
 
     def choose_poses(

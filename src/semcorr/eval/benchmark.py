@@ -11,7 +11,9 @@
    and write ``OUT/results.json``, ``OUT/results.md`` and ``OUT/pck_curve.png``.
 
 Memory stays flat in the number of pairs: predictions go to disk as they are made, metrics are
-running sums, and source features are kept in a small LRU cache keyed by image path.
+running sums, and source and target features are kept in small LRU caches keyed by image path
+(and category, for a backbone conditioned on it; a pair-conditioned backbone's features are
+computed per pair).
 """
 
 from __future__ import annotations
@@ -55,29 +57,40 @@ _MAX_LISTED_SKIPS = 100
 
 class FeatureLRU:
     """A bounded cache of source (or, with ``target=True``, target) features keyed by image
-    path, least recently used out.
+    path and condition, least recently used out.
 
     Args:
         matcher: computes the features.
         size: the most images kept.
+        target: cache target features (:meth:`Matcher.target_features`) instead of source ones.
     """
 
     def __init__(self, matcher: Matcher, size: int = 4, target: bool = False) -> None:
         self.matcher = matcher
         self.size = max(0, size)
-        self.compute = matcher.target_features if target else matcher.source_features
-        self._items: OrderedDict[str, SourceFeatures | TargetFeatures] = OrderedDict()
+        self.target = target
+        self._items: OrderedDict[tuple[str, str], SourceFeatures | TargetFeatures] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
-    def __call__(self, path: Path) -> Any:
-        key = str(path)
+    def __call__(self, path: Path, matcher: Matcher | None = None, condition: str = "") -> Any:
+        """Features of the image at ``path``.
+
+        Args:
+            path: the image file.
+            matcher: the matcher computing them (default: the cache's), e.g. a view
+                conditioned on a category (:meth:`Matcher.conditioned`).
+            condition: what that view was conditioned on (part of the key).
+        """
+        key = (str(path), condition)
         if key in self._items:
             self._items.move_to_end(key)
             self.hits += 1
             return self._items[key]
         self.misses += 1
-        features = self.compute(load_image(path))
+        matcher = matcher or self.matcher
+        compute = matcher.target_features if self.target else matcher.source_features
+        features = compute(load_image(path))
         if self.size:
             self._items[key] = features
             while len(self._items) > self.size:
@@ -161,6 +174,24 @@ def _check_config(out_dir: Path, config: dict[str, Any], overwrite: bool) -> Non
     atomic_write_json(path, config)
 
 
+def _pair_features(
+    matcher: Matcher, sources: FeatureLRU, targets: FeatureLRU, sample: PairSample
+) -> tuple[Matcher, SourceFeatures, TargetFeatures]:
+    """The matcher under the condition the backbone needs (see
+    :attr:`~semcorr.features.base.Backbone.condition`) and the pair's features under it: cached
+    per image, per image and category, or computed for this pair alone."""
+    condition = matcher.backbone.condition
+    if condition == "pair":
+        source_image, target_image = load_image(sample.source_path), load_image(sample.target_path)
+        view = matcher.conditioned(pair=(source_image, target_image), category=sample.category)
+        return view, view.source_features(source_image), view.target_features(target_image)
+    if condition == "category":
+        view = matcher.conditioned(category=sample.category)
+        return (view, sources(sample.source_path, view, sample.category),
+                targets(sample.target_path, view, sample.category))
+    return matcher, sources(sample.source_path), targets(sample.target_path)
+
+
 def _predict(
     matcher: Matcher, sources: FeatureLRU, targets: FeatureLRU, sample: PairSample
 ) -> dict[str, Any]:
@@ -183,8 +214,7 @@ def _predict(
     if rows.numel() == 0:
         record.update(pred=[], scores=[], pose="identity")
         return record
-    source = sources(sample.source_path)
-    target = targets(sample.target_path)
+    view, source, target = _pair_features(matcher, sources, targets, sample)
     points = sample.source_points[rows].float()
     points = torch.stack(  # annotations a hair outside the image are pulled onto its border
         [points[:, 0].clamp(0, source.width - 1), points[:, 1].clamp(0, source.height - 1)], dim=1
@@ -194,7 +224,7 @@ def _predict(
     new_index[rows] = torch.arange(rows.numel())
     partner = sample.flip_permutation[rows]
     perm = torch.where(partner >= 0, new_index[partner.clamp_min(0)], partner)
-    result = matcher.match(source, [target], points, flip_permutation=perm.tolist())[0]
+    result = view.match(source, [target], points, flip_permutation=perm.tolist())[0]
     record.update(pred=result.points.tolist(), scores=result.scores.tolist(), pose=result.pose)
     return record
 

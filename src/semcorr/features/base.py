@@ -16,6 +16,7 @@ __all__ = [
     "BACKBONES",
     "Backbone",
     "BackboneInfo",
+    "CONDITIONS",
     "PRECISIONS",
     "autocast",
     "create_backbone",
@@ -130,6 +131,37 @@ class Backbone(nn.Module):
         with torch.inference_mode():
             return self(batch), transforms
 
+    @property
+    def condition(self) -> str:
+        """What the features depend on besides the image, one of :data:`CONDITIONS`:
+
+        * ``"image"``: nothing (every backbone but the ones below);
+        * ``"category"``: the object's category (e.g. SD4Match's per-class prompt);
+        * ``"pair"``: both images of the pair (e.g. SD4Match's conditional prompt).
+
+        :meth:`conditioned` fixes the condition and gives an ``"image"`` backbone.
+        """
+        return "image"
+
+    def conditioned(
+        self,
+        *,
+        category: str | None = None,
+        pair: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> Backbone:
+        """This backbone with its condition fixed, as a backbone whose features depend on the
+        image only (sharing this one's modules). A backbone whose :attr:`condition` is
+        ``"image"`` returns itself.
+
+        Args:
+            category: the object's category (for ``"category"``).
+            pair: the source and target images ``(3, H_i, W_i)`` in [0, 1] (for ``"pair"``).
+        """
+        return self
+
+
+#: What a backbone's features may depend on besides the image (:attr:`Backbone.condition`).
+CONDITIONS: tuple[str, ...] = ("image", "category", "pair")
 
 #: Names of the computation precisions a backbone may run in (``fp32`` = no autocast).
 PRECISIONS: dict[str, torch.dtype | None] = {

@@ -23,18 +23,25 @@ configuration in the file's metadata (key ``sd4match``) and in a JSON sidecar (`
 see :func:`save_prompt` / :func:`read_prompt_file`. ``create_backbone("sd4match",
 weights=PROMPT_FILE, sd_weights=SD21_FOLDER)`` rebuilds the backbone from such a file.
 
-Per-image use (the Matcher, ``semcorr eval --backbone sd4match --weights PROMPT_FILE``) works
-for ``single`` prompts and for ``class`` prompts given ``category=``; a ``cpm`` prompt depends
-on the pair, so use :meth:`SD4MatchBackbone.pair_features`.
+What the features depend on is the backbone's :attr:`~SD4MatchBackbone.condition`: the image
+only (``single``, or ``class`` built with ``category=``), the category (``class``) or the
+pair (``cpm``). :meth:`SD4MatchBackbone.conditioned` fixes it and returns a
+:class:`PromptedBackbone`, an ordinary per-image backbone holding the conditioning; the
+Matcher and ``semcorr eval --head sd4match --weights PROMPT_FILE`` do this per category or per
+pair. The conditioning is passed to the U-Net as an argument, never stored in the shared
+Stable Diffusion backbone, so concurrent calls with different prompts do not interfere.
+
+Inference uses the shared kernel soft-argmax with SD4Match's settings (:data:`SD4MATCH_REFINE`:
+σ 7 cells, temperature 0.04, the Gaussian applied to the similarities before the softmax);
+the command line picks them when ``--refine`` is not given.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -55,6 +62,8 @@ __all__ = [
     "ConditionalPrompt",
     "PromptConfig",
     "PromptEncoder",
+    "PromptedBackbone",
+    "SD4MATCH_REFINE",
     "SD4MatchBackbone",
     "SinglePrompt",
     "build_prompt",
@@ -65,6 +74,9 @@ __all__ = [
 
 #: The feature map of SD4Match: the output of the second up-block (the input of the third).
 SD4MATCH_PART: dict[str, str] = {"up1": "up_blocks.2"}
+#: SD4Match's inference rule: kernel soft-argmax, Gaussian (σ in cells) on the similarities.
+SD4MATCH_REFINE: dict[str, Any] = {"name": "kernel", "sigma": 7.0, "temperature": 0.04,
+                                   "weighting": "score"}
 #: Names of the prompt modules.
 PROMPT_KINDS: tuple[str, ...] = ("single", "class", "cpm")
 _METADATA_KEY = "sd4match"
@@ -349,7 +361,8 @@ class SD4MatchBackbone(Backbone):
         self.prompt_sha256: str | None = None
         self.timestep, self.ensemble, self.noise_seed = sd.timestep, sd.ensemble, sd.seed
         self.info = replace(sd.info, name="sd4match",
-                            extra={**sd.info.extra, "prompt": config.kind})
+                            extra={**sd.info.extra, "prompt": config.kind,
+                                   "refine": dict(SD4MATCH_REFINE)})
 
     def train(self, mode: bool = True) -> SD4MatchBackbone:
         """Only the prompt module changes mode; the frozen models stay in eval mode."""
@@ -402,8 +415,7 @@ class SD4MatchBackbone(Backbone):
         dims = check_shape(images, "B 3 H W", "images")
         if context.shape[0] not in (1, dims["B"]):
             raise InputError(f"sd4match: {context.shape[0]} prompts for {dims['B']} images")
-        with _conditioned(self.sd, context.expand(dims["B"], -1, -1)):
-            return F.normalize(self.sd.features(images), dim=1)
+        return F.normalize(self.sd.features(images, context), dim=1)
 
     def pair_features(self, images0: torch.Tensor, images1: torch.Tensor,
                       categories: Sequence[str] | None = None
@@ -422,16 +434,85 @@ class SD4MatchBackbone(Backbone):
         return (self.conditioned_features(images0, context),
                 self.conditioned_features(images1, context))
 
+    @property
+    def condition(self) -> str:
+        """``pair`` (``cpm``), ``category`` (``class`` without a fixed category) or ``image``."""
+        if self.config.kind == "cpm":
+            return "pair"
+        if self.config.kind == "class" and self.category is None:
+            return "category"
+        return "image"
+
+    def conditioned(
+        self,
+        *,
+        category: str | None = None,
+        pair: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> Backbone:
+        """A per-image backbone under this prompt's conditioning for one category or pair.
+
+        Args:
+            category: the category (``class`` prompts; default: the backbone's ``category``).
+            pair: source and target images ``(3, H_i, W_i)`` in [0, 1] (``cpm`` prompts); they
+                are resized and padded like any input, and their DINOv2 tokens feed the CPM.
+
+        Returns:
+            ``self`` for a ``single`` prompt, else a :class:`PromptedBackbone`.
+
+        Raises:
+            InputError: when the category or pair this prompt needs is missing or unknown.
+        """
+        kind = self.config.kind
+        if kind == "single":
+            return self
+        if kind == "class":
+            name = category if category is not None else self.category
+            if name is None:
+                raise InputError("sd4match: a class prompt needs the category of the object")
+            tokens, label = self.learned_tokens(categories=[name]), f"category {name}"
+        else:
+            if pair is None:
+                raise InputError("sd4match: a cpm prompt needs the pair's two images")
+            batch, _ = self.prepare(list(pair))
+            normalised = self.normalize(batch)
+            tokens, label = self.learned_tokens(normalised[:1], normalised[1:]), "pair"
+        with torch.no_grad():
+            context = self.conditioning(tokens)
+        return PromptedBackbone(self, context, label)
+
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Per-image features ``(B, C, h, w)`` (``single``, or ``class`` with ``category``)."""
-        b = images.shape[0]
-        if self.config.kind == "cpm":
-            raise InputError("sd4match: a cpm prompt depends on the pair; use pair_features")
-        if self.config.kind == "class" and self.category is None:
-            raise InputError("sd4match: a class prompt needs category=NAME for per-image use")
-        categories = None if self.category is None else [self.category] * b
-        context = self.conditioning(self.learned_tokens(categories=categories, batch_size=b))
+        if self.condition != "image":
+            raise InputError(
+                f"sd4match: the features of a {self.config.kind} prompt depend on the "
+                f"{self.condition}; use conditioned(...) (the Matcher does this given the "
+                f"{self.condition}) or pair_features"
+            )
+        categories = None if self.category is None else [self.category]
+        context = self.conditioning(self.learned_tokens(categories=categories, batch_size=1))
         return self.conditioned_features(images, context)
+
+
+class PromptedBackbone(Backbone):
+    """An :class:`SD4MatchBackbone` under a fixed conditioning: a per-image backbone.
+
+    Args:
+        parent: the SD4Match backbone (its modules are shared, not copied).
+        context: ``(1, T, D)`` text-encoder output conditioning the U-Net.
+        label: what the conditioning was made for (``category NAME`` or ``pair``).
+    """
+
+    def __init__(self, parent: SD4MatchBackbone, context: torch.Tensor, label: str) -> None:
+        super().__init__()
+        check_shape(context, "1 T D", "conditioning")
+        self.parent = parent
+        self.register_buffer("context", context, persistent=False)
+        self.label = label
+        self.info = parent.info
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Unit-norm features ``(B, C, h, w)`` of normalised ``(B, 3, S, S)`` images."""
+        return self.parent.conditioned_features(images, self.context)
 
 
 def _batch_of(images: torch.Tensor | None, categories: Sequence[str] | None) -> int:
@@ -440,18 +521,6 @@ def _batch_of(images: torch.Tensor | None, categories: Sequence[str] | None) -> 
     if categories is not None:
         return len(categories)
     raise InputError("sd4match: give batch_size, images or categories")
-
-
-@contextlib.contextmanager
-def _conditioned(sd: StableDiffusionFeatures, context: torch.Tensor) -> Iterator[None]:
-    """Temporarily condition ``sd`` on ``context`` ``(B, T, D)`` (one row per image; repeated
-    over the noise ensemble). Not thread-safe: one forward at a time per backbone."""
-    saved = sd.prompt_embedding
-    sd.prompt_embedding = context.repeat_interleave(sd.ensemble, dim=0)
-    try:
-        yield
-    finally:
-        sd.prompt_embedding = saved
 
 
 def save_prompt(path: str | os.PathLike[str], prompt: nn.Module, config: PromptConfig) -> Path:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -106,6 +107,10 @@ class _StopForward(Exception):
     """Raised by the last hook: the rest of the U-Net is not needed."""
 
 
+#: Per thread: ``stores`` maps a backbone's hook key to the parts read by its running pass.
+_ACTIVE = threading.local()
+
+
 class StableDiffusionFeatures(Backbone):
     """Dense features read inside a Stable Diffusion U-Net (see the module docstring).
 
@@ -148,6 +153,8 @@ class StableDiffusionFeatures(Backbone):
         self.seed = seed
         self.ensemble = ensemble
         self.precision = precision
+        self._hook_key = object()
+        self._install_hooks()
         if freeu:
             unet.enable_freeu(**{k: float(freeu[k]) for k in ("s1", "s2", "b1", "b2")})
 
@@ -162,11 +169,21 @@ class StableDiffusionFeatures(Backbone):
         posterior = self.vae.encode(images).latent_dist
         return posterior.mean * self.vae.config.scaling_factor
 
-    def _hooks(self, store: dict[str, torch.Tensor]) -> list[Any]:
-        handles = []
+    def _install_hooks(self) -> None:
+        """Forward pre-hooks that read the parts, installed once.
+
+        A hook writes only into the store that :meth:`unet_parts` opened for this backbone in
+        the current thread, and stops the forward there once every part is read; U-Net passes
+        run by other threads (or outside :meth:`unet_parts`) are left alone. So several threads
+        may share one backbone, each with its own conditioning.
+        """
+        key = self._hook_key
         wanted = len(self.parts)
 
         def keep(name: str, tensor: torch.Tensor, channels: int | None) -> None:
+            store = getattr(_ACTIVE, "stores", {}).get(key)
+            if store is None:
+                return
             store[name] = tensor if channels is None else tensor[:, :channels]
             if len(store) == wanted:
                 raise _StopForward
@@ -175,49 +192,71 @@ class StableDiffusionFeatures(Backbone):
             block = self.unet.up_blocks[block_index]
             if resnet_index is None:
                 def hook(module: nn.Module, args: tuple, kwargs: dict, name: str = name) -> None:
-                    hidden = args[0] if args else kwargs["hidden_states"]
-                    keep(name, hidden, None)
+                    keep(name, args[0] if args else kwargs["hidden_states"], None)
             else:
-                resnet = block.resnets[resnet_index]
                 channels = block.resnets[resnet_index - 1].out_channels
 
                 def hook(
                     module: nn.Module, args: tuple, kwargs: dict, name: str = name,
                     channels: int = channels,
                 ) -> None:
-                    hidden = args[0] if args else kwargs["input_tensor"]
-                    keep(name, hidden, channels)
+                    keep(name, args[0] if args else kwargs["input_tensor"], channels)
 
-                block = resnet
-            handles.append(block.register_forward_pre_hook(hook, with_kwargs=True))
-        return handles
+                block = block.resnets[resnet_index]
+            block.register_forward_pre_hook(hook, with_kwargs=True)
 
-    def unet_parts(self, latents: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Parts read from one U-Net pass over noisy ``latents`` ``(N, 4, h, w)``."""
+    def unet_parts(self, latents: torch.Tensor, context: torch.Tensor | None = None
+                   ) -> dict[str, torch.Tensor]:
+        """Parts read from one U-Net pass over noisy ``latents`` ``(N, 4, h, w)``.
+
+        Args:
+            latents: ``(N, 4, h, w)``.
+            context: conditioning ``(N, T, D)`` or ``(1, T, D)``; ``None``: the prompt's
+                embedding.
+        """
+        n = latents.shape[0]
+        t = torch.full((n,), self.timestep, device=latents.device, dtype=torch.long)
+        context = self.prompt_embedding if context is None else context
+        if context.shape[0] not in (1, n):
+            raise InputError(f"{self.info.name}: {context.shape[0]} conditionings for {n} latents")
+        context = context.to(latents.dtype).expand(n, -1, -1)
+        stores = _ACTIVE.__dict__.setdefault("stores", {})
         store: dict[str, torch.Tensor] = {}
-        handles = self._hooks(store)
-        t = torch.full((latents.shape[0],), self.timestep, device=latents.device, dtype=torch.long)
-        context = self.prompt_embedding.to(latents.dtype).expand(latents.shape[0], -1, -1)
+        stores[self._hook_key] = store
         try:
             self.unet(latents, t, encoder_hidden_states=context)
         except _StopForward:
             pass
         finally:
-            for handle in handles:
-                handle.remove()
+            del stores[self._hook_key]
+        missing = sorted(set(self.parts) - set(store))
+        if missing:
+            raise InputError(f"{self.info.name}: the U-Net never reached the parts {missing}")
         return {name: store[name] for name in self.parts}
 
-    def feature_parts(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    def feature_parts(self, images: torch.Tensor, context: torch.Tensor | None = None
+                      ) -> dict[str, torch.Tensor]:
         """The raw parts of normalised images (in [-1, 1]).
 
         Args:
             images: ``(B, 3, S, S)``.
+            context: conditioning ``(B, T, D)`` (one per image) or ``(1, T, D)`` (shared);
+                ``None``: the embedding of the backbone's prompt. Passing it, rather than
+                changing the backbone, keeps concurrent calls with different prompts apart.
 
         Returns:
             ``{name: (B, C_k, h_k, w_k)}`` in the order of ``parts``, averaged over the
             ensemble of noise draws.
         """
-        check_shape(images, "B 3 H W", "images")
+        dims = check_shape(images, "B 3 H W", "images")
+        if context is not None:
+            check_shape(context, "N T D", "conditioning")
+            if context.shape[0] not in (1, dims["B"]):
+                raise InputError(
+                    f"{self.info.name}: {context.shape[0]} conditionings for {dims['B']} images"
+                )
+            # one row per image, repeated over its noise draws (the batch is image-major)
+            context = context.expand(dims["B"], -1, -1).repeat_interleave(self.ensemble, dim=0)
         with autocast(images.device, self.precision):
             latents = self.latents(images)
             noise = self.noise(tuple(latents.shape), latents)  # (E, C, h, w)
@@ -226,23 +265,25 @@ class StableDiffusionFeatures(Backbone):
             draws = noise[None].expand(b, -1, -1, -1, -1).reshape(b * e, *latents.shape[1:])
             t = torch.full((b * e,), self.timestep, device=latents.device, dtype=torch.long)
             noisy = self.scheduler.add_noise(clean, draws, t)
-            parts = self.unet_parts(noisy)
+            parts = self.unet_parts(noisy, context)
         return {
             name: part.float().reshape(b, e, *part.shape[1:]).mean(dim=1).to(images.dtype)
             for name, part in parts.items()
         }
 
-    def features(self, images: torch.Tensor) -> torch.Tensor:
+    def features(self, images: torch.Tensor, context: torch.Tensor | None = None
+                 ) -> torch.Tensor:
         """Parts resampled (bilinear) to the finest grid, each L2-normalised, concatenated and
         scaled by ``1 / sqrt(#parts)`` (unit norm per cell).
 
         Args:
             images: ``(B, 3, S, S)`` normalised.
+            context: optional conditioning, see :meth:`feature_parts`.
 
         Returns:
             ``(B, sum C_k, S / stride, S / stride)``.
         """
-        parts = list(self.feature_parts(images).values())
+        parts = list(self.feature_parts(images, context).values())
         size = max((p.shape[-2:] for p in parts), key=lambda s: s[0] * s[1])
         resampled = [
             F.normalize(

@@ -161,6 +161,25 @@ class HeadedBackbone(Backbone):
         """The backbone's normalisation."""
         return self.backbone.normalize(images)
 
+    @property
+    def condition(self) -> str:
+        """The backbone's condition (the head depends on the features only)."""
+        return self.backbone.condition
+
+    def conditioned(
+        self,
+        *,
+        category: str | None = None,
+        pair: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> Backbone:
+        """The same head on the backbone with its condition fixed."""
+        inner = self.backbone.conditioned(category=category, pair=pair)
+        if inner is self.backbone:
+            return self
+        view = HeadedBackbone(inner, self.head)
+        view.info = self.info
+        return view
+
     def apply_head(self, features: torch.Tensor) -> torch.Tensor:
         """``(B, C_in, h, w)`` backbone features → ``(B, C_out, h, w)`` unit-norm features."""
         out = self.head(features.to(_dtype_of(self.head, features.dtype)))

@@ -208,10 +208,16 @@ class CorrespondenceService:
 
     def _compute_pair(self, source: StoredImage, target: StoredImage) -> PairFeatures:
         size = self.limits.max_pairs
-        source_features = self._cached(
-            self._sources, source.id, lambda: self.matcher.source_features(source.image), size)
-        target_features, transforms = self._cached(
-            self._targets, target.id, lambda: self.backbone_extract(target.image), size)
+        if self.matcher.backbone.condition == "pair":  # features of this pair only: no reuse
+            view = self.matcher.conditioned(pair=(source.image, target.image))
+            source_features = view.source_features(source.image)
+            target_features, transforms = view.backbone.extract([target.image])
+        else:
+            source_features = self._cached(
+                self._sources, source.id, lambda: self.matcher.source_features(source.image),
+                size)
+            target_features, transforms = self._cached(
+                self._targets, target.id, lambda: self.backbone_extract(target.image), size)
         valid = transforms[0].valid_cells(target_features.device)[None]
         chosen, distances = self.matcher.choose_poses(source_features, target_features, valid)
         return PairFeatures(

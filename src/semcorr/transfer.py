@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from semcorr.errors import ImageError, InputError
 from semcorr.features.base import Backbone
 from semcorr.io import atomic_write_json, load_image
+from semcorr.match.refine import refiner_with_options
 from semcorr.match.similarity import cosine_similarity, sample_descriptors
 from semcorr.pipeline import Matcher, SourceFeatures
 
@@ -75,6 +76,7 @@ class TransferConfig:
         refine: refinement rule (``argmax``, ``soft``, ``window``, ``kernel``).
         window: window radius in feature cells for ``window`` (default: the rule's).
         temperature: softmax temperature of the soft rules (default: the rule's).
+        sigma, kernel_weighting: the ``kernel`` rule's Gaussian (default: the rule's).
         pose_align: also try the flipped source per target (left/right names are swapped).
         min_score: points scoring below it get visibility 0 in the output.
         cycle: match each vote back from the target to its source: a vote's score is multiplied
@@ -90,6 +92,8 @@ class TransferConfig:
     refine: str = "window"
     window: int | None = None
     temperature: float | None = None
+    sigma: float | None = None
+    kernel_weighting: str | None = None
     pose_align: bool = False
     min_score: float = 0.0
     cycle: bool = True
@@ -775,8 +779,10 @@ def _run(
     indices: Sequence[int],
 ) -> None:
     """Transfer to the pending targets, one atomically written part file per batch."""
-    matcher = Matcher(backbone, refine=config.refine, window=config.window,
-                      temperature=config.temperature, pose_align=config.pose_align,
+    refiner = refiner_with_options(config.refine, radius=config.window,
+                                   temperature=config.temperature, sigma=config.sigma,
+                                   weighting=config.kernel_weighting)
+    matcher = Matcher(backbone, refine=refiner, pose_align=config.pose_align,
                       batch_size=config.batch_size)
     perm = sources.schema.flip_permutation
     prepared = [_prepare_source(matcher, s, perm) for s in sources.sources]

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from semcorr.cli.common import add_backbone_options, add_refine_options, backbone_from_args
+from semcorr.cli.common import (
+    add_backbone_options,
+    add_refine_options,
+    backbone_from_args,
+    parse_key_values,
+    refiner_from_args,
+)
 from semcorr.errors import InputError
 
 __all__ = ["add_parser", "parse_dataset_options", "parse_thresholds"]
@@ -21,28 +27,13 @@ def parse_thresholds(text: str) -> list[float]:
     return values
 
 
-def _value(text: str) -> int | float | str:
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
 def parse_dataset_options(items: list[str] | None) -> dict[str, int | float | str]:
     """Loader options from ``KEY=VALUE`` strings (numbers converted).
 
     Example:
         ``["layout=small", "pairs_per_class=10"]`` → ``{"layout": "small", "pairs_per_class": 10}``
     """
-    options: dict[str, int | float | str] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise InputError(f"malformed --dataset-option {item!r}: expected KEY=VALUE")
-        options[key.strip().replace("-", "_")] = _value(value.strip())
-    return options
+    return parse_key_values(items, "--dataset-option")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -60,13 +51,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.subset:
         options["subset"] = args.subset
     dataset = create_dataset(args.dataset, args.root, split=args.split, **options)
-    matcher = Matcher(
-        backbone_from_args(args),
-        refine=args.refine,
-        window=args.window,
-        temperature=args.temperature,
-        pose_align=args.pose_align,
-    )
+    backbone = backbone_from_args(args)
+    matcher = Matcher(backbone, refine=refiner_from_args(args, backbone),
+                      pose_align=args.pose_align)
     out = args.out or f"semcorr-eval-{args.dataset}-{args.split}"
     results = evaluate(
         matcher,

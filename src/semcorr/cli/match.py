@@ -10,7 +10,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from semcorr.cli.common import add_backbone_options, add_refine_options, backbone_from_args
+from semcorr.cli.common import (
+    add_backbone_options,
+    add_refine_options,
+    backbone_from_args,
+    refiner_from_args,
+)
 from semcorr.errors import InputError
 from semcorr.io import atomic_write_json, load_image
 from semcorr.pipeline import Matcher, MatchResult
@@ -119,13 +124,8 @@ def _run(args: argparse.Namespace) -> int:
         return run_sparse_match(args)
     points = parse_points(args.points)
     backbone = backbone_from_args(args)
-    matcher = Matcher(
-        backbone,
-        refine=args.refine,
-        window=args.window,
-        temperature=args.temperature,
-        pose_align=args.pose_align,
-    )
+    matcher = Matcher(backbone, refine=refiner_from_args(args, backbone),
+                      pose_align=args.pose_align)
     json_path, pictures = run_match(
         matcher, args.source, args.targets, points, Path(args.out), args.backbone
     )

@@ -20,8 +20,13 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from semcorr.cli.common import add_backbone_options, backbone_from_args, choose_device
-from semcorr.match.refine import list_refiners
+from semcorr.cli.common import (
+    add_backbone_options,
+    add_refine_options,
+    backbone_from_args,
+    choose_device,
+    refine_settings,
+)
 
 __all__ = ["add_parser", "run_transfer"]
 
@@ -35,12 +40,14 @@ def run_transfer(args: argparse.Namespace) -> Path:
     info = init_from_env(use_cuda=device.type == "cuda")
     try:
         args.device = str(local_device(device, info))
+        backbone = backbone_from_args(args)
+        refine = refine_settings(args, backbone)
         config = TransferConfig(
-            batch_size=args.batch_size, refine=args.refine, window=args.window,
-            temperature=args.temperature, pose_align=args.pose_align,
+            batch_size=args.batch_size, refine=refine["name"], window=refine["radius"],
+            temperature=refine["temperature"], sigma=refine["sigma"],
+            kernel_weighting=refine["weighting"], pose_align=args.pose_align,
             min_score=args.min_score, cycle=not args.no_cycle, cycle_radius=args.cycle_radius,
         )
-        backbone = backbone_from_args(args)
         cache = None
         if args.cache is not None:
             from semcorr.features.cache import FeatureCache
@@ -105,13 +112,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--image-root", default=None,
                         help="folder of the source images (default: beside --sources)")
     add_backbone_options(parser)
-    parser.add_argument("--refine", default="window", choices=list_refiners(),
-                        help="refinement rule (default: window)")
-    parser.add_argument("--window", type=int, default=None, help="window radius in cells")
-    parser.add_argument("--temperature", type=float, default=None,
-                        help="softmax temperature of the soft rules")
-    parser.add_argument("--pose-align", action="store_true",
-                        help="also try each flipped source (left/right names swapped)")
+    add_refine_options(parser)
     parser.add_argument("--min-score", type=float, default=0.0,
                         help="points below this score get visibility 0 (default 0)")
     parser.add_argument("--no-cycle", action="store_true",

@@ -1,0 +1,276 @@
+"""SD4Match at inference: conditioning passed explicitly (thread-safe), per-category and per-pair
+views, the Matcher, and ``semcorr eval --head sd4match`` against an independent computation
+through the training path (``pair_features``) and SD4Match's kernel soft-argmax."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "features"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tiny_models import (  # noqa: E402
+    one_thread,  # noqa: F401  (fixture)
+    save_tiny_dinov2,
+    save_tiny_stable_diffusion,
+)
+
+from semcorr import create_backbone  # noqa: E402
+from semcorr.cli.main import main  # noqa: E402
+from semcorr.data import create_dataset  # noqa: E402
+from semcorr.errors import InputError  # noqa: E402
+from semcorr.features.sd4match import SD4MATCH_REFINE, PromptedBackbone, save_prompt  # noqa: E402
+from semcorr.io import load_image  # noqa: E402
+from semcorr.match.refine import refiner_with_options  # noqa: E402
+from semcorr.match.rules import kernel_soft_argmax2d  # noqa: E402
+from semcorr.match.similarity import cosine_similarity, sample_descriptors  # noqa: E402
+from semcorr.pipeline import Matcher  # noqa: E402
+from shared_data import shared_path  # noqa: E402
+
+SIZE = 32
+TINY = {"image_size": SIZE, "timestep": 50}
+CATEGORIES = ["car(G)", "duck(S)"]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("sd4match-eval")
+    return {"sd_weights": str(save_tiny_stable_diffusion(root / "sd")),
+            "dino_weights": str(save_tiny_dinov2(root / "dino"))}
+
+
+def _options(kind: str, models: dict[str, str]) -> dict[str, object]:
+    return {"single": {"length": 4},
+            "class": {"categories": CATEGORIES, "length": 4},
+            "cpm": {"dino_weights": models["dino_weights"], "global_length": 2,
+                    "cond_length": 3, "dino_patches": 4}}[kind]
+
+
+def _build(models: dict[str, str], kind: str, seed: int = 0):
+    backbone = create_backbone("sd4match", sd_weights=models["sd_weights"], prompt=kind,
+                               init_seed=seed, **TINY, **_options(kind, models)).eval()
+    with torch.no_grad():  # make the class rows clearly different ("trained")
+        for index, parameter in enumerate(backbone.prompt.parameters()):
+            parameter.add_(0.3 * torch.randn(parameter.shape,
+                                             generator=torch.Generator().manual_seed(index)))
+    return backbone
+
+
+def _image(seed: int, height: int = 40, width: int = 48) -> torch.Tensor:
+    return torch.rand(3, height, width, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def backbones(models: dict[str, str]) -> dict[str, object]:
+    return {kind: _build(models, kind) for kind in ("single", "class", "cpm")}
+
+
+class TestExplicitConditioning:
+    def test_context_argument_equals_the_stored_prompt(self, backbones) -> None:
+        sd = backbones["single"].sd
+        x = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1)) * 2 - 1
+        with torch.no_grad():
+            assert torch.equal(sd.features(x), sd.features(x, sd.prompt_embedding))
+            other = torch.randn(sd.prompt_embedding.shape, generator=torch.Generator())
+            assert (sd.features(x) - sd.features(x, other)).abs().max() > 1e-3
+            # one conditioning per image = each image alone under its own
+            both = sd.features(x, torch.cat([sd.prompt_embedding, other]))
+            torch.testing.assert_close(both[1:], sd.features(x[1:], other), atol=1e-5, rtol=0)
+            torch.testing.assert_close(both[:1], sd.features(x[:1]), atol=1e-5, rtol=0)
+        with pytest.raises(InputError, match="3 conditionings for 2 images"):
+            sd.features(x, other.expand(3, -1, -1))
+
+    def test_concurrent_threads_with_different_prompts(self, backbones) -> None:
+        """Two threads share one backbone, each under its own conditioning: each gets what it
+        gets alone (the hooks reading the U-Net belong to the calling thread)."""
+        backbone = backbones["class"]
+        views = [backbone.conditioned(category=c) for c in CATEGORIES]
+        x = backbone.normalize(torch.rand(1, 3, SIZE, SIZE,
+                                          generator=torch.Generator().manual_seed(2)))
+        with torch.no_grad():
+            alone = [view.features(x) for view in views]
+        assert (alone[0] - alone[1]).abs().max() > 1e-3
+        barrier = threading.Barrier(2)
+        outputs: dict[int, list[torch.Tensor]] = {0: [], 1: []}
+        errors: list[BaseException] = []
+
+        def work(index: int) -> None:
+            try:
+                with torch.no_grad():
+                    for _ in range(6):
+                        barrier.wait()
+                        outputs[index].append(views[index].features(x))
+            except BaseException as exc:  # reported in the main thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors
+        for index in range(2):
+            assert len(outputs[index]) == 6
+            for out in outputs[index]:
+                torch.testing.assert_close(out, alone[index], atol=1e-6, rtol=0)
+
+
+class TestConditionedViews:
+    def test_conditions(self, backbones) -> None:
+        assert backbones["single"].condition == "image"
+        assert backbones["class"].condition == "category"
+        assert backbones["cpm"].condition == "pair"
+        assert backbones["single"].conditioned(category="x") is backbones["single"]
+        view = backbones["cpm"].conditioned(pair=(_image(0), _image(1)))
+        assert isinstance(view, PromptedBackbone) and view.condition == "image"
+
+    def test_class_view_is_the_category_row(self, backbones) -> None:
+        backbone = backbones["class"]
+        x = backbone.normalize(torch.rand(1, 3, SIZE, SIZE,
+                                          generator=torch.Generator().manual_seed(3)))
+        with torch.no_grad():
+            for category in CATEGORIES:
+                expected, _ = backbone.pair_features(x, x, [category])
+                assert torch.equal(backbone.conditioned(category=category).features(x),
+                                   expected)
+        with pytest.raises(InputError, match="unknown categories \\['cow'\\]"):
+            backbone.conditioned(category="cow")
+        with pytest.raises(InputError, match="needs the category"):
+            backbone.conditioned()
+        with pytest.raises(InputError, match="depend on the category"):
+            backbone(x)
+
+    def test_cpm_view_is_the_pair_prompt(self, backbones) -> None:
+        backbone = backbones["cpm"]
+        a, b, c = _image(0), _image(1), _image(2)
+        batch, _ = backbone.prepare([a, b])
+        x = backbone.normalize(batch)
+        with torch.no_grad():
+            f0, f1 = backbone.pair_features(x[:1], x[1:])
+            view = backbone.conditioned(pair=(a, b))
+            torch.testing.assert_close(view.features(x[:1]), f0, atol=1e-6, rtol=0)
+            torch.testing.assert_close(view.features(x[1:]), f1, atol=1e-6, rtol=0)
+            other = backbone.conditioned(pair=(a, c)).features(x[:1])
+        assert (other - f0).abs().max() > 1e-4  # the source's features depend on its partner
+        with pytest.raises(InputError, match="needs the pair's two images"):
+            backbone.conditioned()
+
+
+def _expected_points(backbone, source: torch.Tensor, target: torch.Tensor,
+                     points: torch.Tensor, category: str | None) -> torch.Tensor:
+    """Independent of the Matcher: the training path's pair features, then SD4Match's kernel
+    soft-argmax (Gaussian on the similarities) over the target's content cells."""
+    batch, transforms = backbone.prepare([source, target])
+    x = backbone.normalize(batch)
+    categories = None if category is None else [category]
+    with torch.no_grad():
+        f0, f1 = backbone.pair_features(x[:1], x[1:], categories)
+    cells = transforms[0].to_grid(points)[None]
+    scores = cosine_similarity(sample_descriptors(f0, cells), f1)
+    grid = kernel_soft_argmax2d(scores, SD4MATCH_REFINE["sigma"],
+                                SD4MATCH_REFINE["temperature"],
+                                transforms[1].valid_cells(), weighting="score")
+    return transforms[1].from_grid(grid[0])
+
+
+class TestMatcher:
+    def test_pairwise_match_equals_the_training_path(self, backbones) -> None:
+        backbone = backbones["cpm"]
+        options = {k: v for k, v in SD4MATCH_REFINE.items() if k != "name"}
+        matcher = Matcher(backbone, refine=refiner_with_options("kernel", **options))
+        source, targets = _image(0), [_image(1), _image(2, 36, 52)]
+        points = torch.tensor([[4.0, 6.0], [30.0, 20.0], [44.0, 35.0]])
+        results = matcher.match(source, targets, points)
+        for target, result in zip(targets, results, strict=True):
+            expected = _expected_points(backbone, source, target, points, None)
+            torch.testing.assert_close(result.points, expected, atol=1e-4, rtol=0)
+        assert (results[0].points - results[1].points).abs().max() > 0
+        with pytest.raises(InputError, match="not precomputed features"):
+            matcher.match(source, [matcher.conditioned(pair=(source, targets[0]))
+                                   .target_features(targets[0])], points)
+
+    def test_class_prompt_needs_the_category(self, backbones) -> None:
+        matcher = Matcher(backbones["class"])
+        points = torch.tensor([[4.0, 6.0]])
+        with pytest.raises(InputError, match="pass category="):
+            matcher.match(_image(0), [_image(1)], points)
+        result = matcher.match(_image(0), [_image(1)], points, category="duck(S)")[0]
+        assert result.points.shape == (1, 2)
+
+
+@pytest.fixture(scope="module")
+def willow_two_classes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real PF-WILLOW images and keypoints: two classes of two images (four pairs)."""
+    real = shared_path("pf-willow")
+    root = tmp_path_factory.mktemp("willow") / "PF-WILLOW"
+    for category in CATEGORIES:
+        (root / category).mkdir(parents=True)
+        for png in sorted((real / category).glob("*.png"))[:2]:
+            for suffix in (".png", ".mat"):
+                (root / category / (png.stem + suffix)).symlink_to(png.with_suffix(suffix))
+    return root
+
+
+@pytest.mark.parametrize("kind", ["single", "class", "cpm"])
+def test_eval_cli_head_sd4match(kind: str, models: dict[str, str], backbones,
+                                willow_two_classes: Path, tmp_path: Path,
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """``semcorr eval --head sd4match --weights PROMPT`` predicts what the training path and
+    SD4Match's inference rule give for every pair, with each pair's category or pair prompt."""
+    backbone = backbones[kind]
+    prompt = save_prompt(tmp_path / f"{kind}.safetensors", backbone.prompt, backbone.config)
+    out = tmp_path / "out"
+    if kind == "single":  # the issue's form: SD 2.1 found through $SEMCORR_WEIGHTS/sd21
+        (tmp_path / "weights").mkdir()
+        (tmp_path / "weights" / "sd21").symlink_to(models["sd_weights"])
+        monkeypatch.setenv("SEMCORR_WEIGHTS", str(tmp_path / "weights"))
+        weights = ["--weights", str(prompt)]
+    else:  # SD weights and prompt given apart
+        weights = ["--weights", models["sd_weights"], "--head-weights", str(prompt),
+                   "--backbone-option", f"dino_weights={models['dino_weights']}"]
+    argv = ["eval", "--dataset", "pf-willow", "--root", str(willow_two_classes), "--out",
+            str(out), "--quiet", "--head", "sd4match", *weights]
+    assert main(argv) == 0
+    records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(records) == 4 and {r["category"] for r in records} == set(CATEGORIES)
+    dataset = create_dataset("pf-willow", willow_two_classes)
+    by_id = {r["pair_id"]: r for r in records}
+    for index in range(len(dataset)):
+        sample = dataset[index]
+        record = by_id[sample.pair_id]
+        rows = sample.visible.nonzero().flatten()
+        source, target = load_image(sample.source_path), load_image(sample.target_path)
+        points = sample.source_points[rows].float()
+        points[:, 0].clamp_(0, source.shape[-1] - 1)
+        points[:, 1].clamp_(0, source.shape[-2] - 1)
+        expected = _expected_points(backbone, source, target, points,
+                                    sample.category if kind == "class" else None)
+        torch.testing.assert_close(torch.tensor(record["pred"]), expected, atol=1e-3, rtol=0)
+    config = json.loads((out / "config.json").read_text())["matcher"]
+    assert config["backbone"] == "sd4match" and config["refine"] == "KernelSoftArgmax"
+    assert config["refine_options"] == {"sigma": 7.0, "temperature": 0.04, "weighting": "score"}
+    digest = hashlib.sha256(prompt.read_bytes()).hexdigest()[:16]
+    assert config["backbone_options"]["prompt_sha256"] == digest
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ([], "--head sd4match needs its prompt file"),
+    (["--backbone", "dinov2_vitb14", "--weights", "p.safetensors"],
+     "runs on Stable Diffusion 2.1"),
+    (["--weights", "missing.safetensors"], "missing.safetensors: no such prompt file"),
+])
+def test_eval_cli_head_sd4match_errors(extra: list[str], message: str, willow_two_classes: Path,
+                                       tmp_path: Path, capsys) -> None:
+    argv = ["eval", "--dataset", "pf-willow", "--root", str(willow_two_classes), "--out",
+            str(tmp_path / "o"), "--quiet", "--head", "sd4match", *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

@@ -248,6 +248,24 @@ def test_loss_falls_resume_and_reload(tiny: dict[str, Path]) -> None:
         assert torch.equal(one(x), two(x))
 
 
+@pytest.mark.parametrize("prompt", ["class", "cpm"])
+def test_loss_falls_class_and_cpm(tiny: dict[str, Path], prompt: str) -> None:
+    from tiny_models import save_tiny_dinov2
+
+    from semcorr.train.sd4match import train_sd4match
+
+    extra: dict[str, object] = {}
+    if prompt == "cpm":
+        dino = tiny["root"] / "dino"
+        if not dino.is_dir():
+            save_tiny_dinov2(dino)
+        extra = {"dino_weights": str(dino), "global_length": 2, "cond_length": 2,
+                 "dino_patches": 4}
+    path = train_sd4match(_config(tiny, f"falls-{prompt}", prompt=prompt, **extra))
+    losses = json.loads((path.parent / "train.json").read_text())["losses"]
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.3, losses
+
+
 @pytest.mark.slow
 def test_torchrun_two_processes(tiny: dict[str, Path]) -> None:
     import socket

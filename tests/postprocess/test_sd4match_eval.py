@@ -274,3 +274,25 @@ def test_eval_cli_head_sd4match_errors(extra: list[str], message: str, willow_tw
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_match_cli_conditions_each_target_on_its_pair(models: dict[str, str], backbones,
+                                                      tmp_path: Path) -> None:
+    """``semcorr match --head sd4match`` with a CPM prompt: one prompt per (source, target)."""
+    from semcorr.samples import load_samples
+
+    backbone = backbones["cpm"]
+    prompt = save_prompt(tmp_path / "cpm.safetensors", backbone.prompt, backbone.config)
+    pair = load_samples()
+    points = torch.tensor([[120.0, 90.0], [200.0, 160.0]])
+    argv = ["match", str(pair.source), *map(str, pair.targets), "--points",
+            ";".join(f"{x:g},{y:g}" for x, y in points.tolist()), "--head", "sd4match",
+            "--weights", models["sd_weights"], "--head-weights", str(prompt),
+            "--backbone-option", f"dino_weights={models['dino_weights']}",
+            "--out", str(tmp_path / "out")]
+    assert main(argv) == 0
+    written = json.loads((tmp_path / "out" / "matches.json").read_text())["targets"]
+    source = load_image(pair.source)
+    for target, record in zip(pair.targets, written, strict=True):
+        expected = _expected_points(backbone, source, load_image(target), points, None)
+        torch.testing.assert_close(torch.tensor(record["points"]), expected, atol=1e-3, rtol=0)

@@ -98,7 +98,9 @@ def run_match(
     for target in target_paths:  # fail early, before any work, on a missing target
         if not Path(target).is_file():
             raise InputError(f"{target}: no such image file")
-    source = matcher.source_features(source_image)
+    # computed once for all targets, unless the features depend on more than the image
+    source = (matcher.source_features(source_image)
+              if matcher.backbone.condition == "image" else source_image)
     bar = tqdm(total=len(target_paths), unit="image", disable=not show_progress or
                len(target_paths) < 2, desc="matching")
     results = matcher.match(

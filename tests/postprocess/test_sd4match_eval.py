@@ -296,3 +296,38 @@ def test_match_cli_conditions_each_target_on_its_pair(models: dict[str, str], ba
     for target, record in zip(pair.targets, written, strict=True):
         expected = _expected_points(backbone, source, load_image(target), points, None)
         torch.testing.assert_close(torch.tensor(record["points"]), expected, atol=1e-3, rtol=0)
+
+
+def test_server_sets_each_pair_under_its_prompt(backbones) -> None:
+    """The web page's service: a CPM pair's features come from that pair's prompt, and its
+    kernel rule is SD4Match's."""
+    from semcorr.samples import load_samples
+    from semcorr.server.service import CorrespondenceService
+
+    backbone = backbones["cpm"]
+    service = CorrespondenceService(backbone, "sd4match")
+    assert service.refiners["kernel"].weighting == "score"
+    assert service.refiners["kernel"].sigma == SD4MATCH_REFINE["sigma"]
+    pair = load_samples()
+    points = torch.tensor([[120.0, 90.0], [200.0, 160.0]])
+    source = load_image(pair.source)
+    for index, target in enumerate(pair.targets, start=1):
+        found = service.match("sample-0", f"sample-{index}", points, pose_align=False,
+                              refine="kernel")
+        expected = _expected_points(backbone, source, load_image(target), points, None)
+        torch.testing.assert_close(found.points, expected, atol=1e-3, rtol=0)
+
+
+def test_a_head_on_a_conditioned_backbone_is_conditioned_too(backbones) -> None:
+    from semcorr.postprocess import HeadedBackbone
+
+    backbone = backbones["cpm"]
+    headed = HeadedBackbone(backbone, torch.nn.Conv2d(64, 8, 1), "probe").eval()
+    assert headed.condition == "pair"
+    a, b = _image(0), _image(1)
+    view = headed.conditioned(pair=(a, b))
+    assert view.condition == "image" and view.info.name == headed.info.name
+    x = backbone.normalize(backbone.prepare([a])[0])
+    with torch.no_grad():
+        expected = headed.apply_head(backbone.conditioned(pair=(a, b)).features(x))
+        torch.testing.assert_close(view.features(x), expected, atol=1e-6, rtol=0)

@@ -25,7 +25,7 @@ from semcorr.errors import InputError
 from semcorr.features.base import Backbone
 from semcorr.geometry import ResizePad, inside_image
 from semcorr.match.pose import pose_points
-from semcorr.match.refine import Refiner, create_refiner, list_refiners
+from semcorr.match.refine import Refiner, list_refiners, refiner_with_options
 from semcorr.match.similarity import cosine_similarity, sample_descriptors
 from semcorr.pipeline import Matcher, MatchResult, SourceFeatures
 from semcorr.server.uploads import ImageStore, StoredImage, decode_image_bytes
@@ -154,8 +154,12 @@ class CorrespondenceService:
         self.matcher = Matcher(backbone, refine="window", pose_align=True, poses=POSES,
                                pose_grid=pose_grid)
         self.device = backbone.device
-        self.refiners: dict[str, Refiner] = {name: create_refiner(name)
-                                             for name in list_refiners()}
+        preferred = dict(backbone.info.extra.get("refine") or {})  # e.g. SD4Match's kernel
+        self.refiners: dict[str, Refiner] = {
+            name: refiner_with_options(name, **{k: v for k, v in preferred.items()
+                                                if k != "name" and name == preferred["name"]})
+            for name in list_refiners()
+        }
         self.store = ImageStore(self.limits.max_images, self.limits.max_total_pixels,
                                 on_evict=self._forget)
         self._pairs: OrderedDict[tuple[str, str], PairFeatures] = OrderedDict()

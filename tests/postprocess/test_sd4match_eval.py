@@ -88,6 +88,15 @@ class TestExplicitConditioning:
         with pytest.raises(InputError, match="3 conditionings for 2 images"):
             sd.features(x, other.expand(3, -1, -1))
 
+    def test_a_deep_copy_reads_its_own_parts(self, backbones) -> None:
+        import copy
+
+        sd = backbones["single"].sd
+        x = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(4)) * 2 - 1
+        twin = copy.deepcopy(sd)
+        with torch.no_grad():
+            torch.testing.assert_close(twin.features(x), sd.features(x), atol=1e-6, rtol=0)
+
     def test_concurrent_threads_with_different_prompts(self, backbones) -> None:
         """Two threads share one backbone, each under its own conditioning: each gets what it
         gets alone (the hooks reading the U-Net belong to the calling thread)."""

@@ -107,8 +107,31 @@ class _StopForward(Exception):
     """Raised by the last hook: the rest of the U-Net is not needed."""
 
 
-#: Per thread: ``stores`` maps a backbone's hook key to the parts read by its running pass.
+@dataclass
+class _PartRead:
+    """One U-Net pass reading parts: the hooked module's id → (part name, channels kept)."""
+
+    parts: dict[int, tuple[str, int | None]]
+    store: dict[str, torch.Tensor]
+
+
+#: Per thread: ``read``, the :class:`_PartRead` of the pass running in that thread (if any).
 _ACTIVE = threading.local()
+
+
+def _read_part(module: nn.Module, args: tuple, kwargs: dict) -> None:
+    """Forward pre-hook (stateless, so a deep copy of the U-Net keeps working): keep the input
+    of ``module`` when the pass running in this thread asked for it; stop that pass once every
+    part is read. Passes in other threads, and passes that asked for nothing, are left alone."""
+    read = getattr(_ACTIVE, "read", None)
+    entry = None if read is None else read.parts.get(id(module))
+    if entry is None:
+        return
+    name, channels = entry
+    hidden = args[0] if args else kwargs.get("hidden_states", kwargs.get("input_tensor"))
+    read.store[name] = hidden if channels is None else hidden[:, :channels]
+    if len(read.store) == len(read.parts):
+        raise _StopForward
 
 
 class StableDiffusionFeatures(Backbone):
@@ -153,7 +176,6 @@ class StableDiffusionFeatures(Backbone):
         self.seed = seed
         self.ensemble = ensemble
         self.precision = precision
-        self._hook_key = object()
         self._install_hooks()
         if freeu:
             unet.enable_freeu(**{k: float(freeu[k]) for k in ("s1", "s2", "b1", "b2")})
@@ -169,41 +191,29 @@ class StableDiffusionFeatures(Backbone):
         posterior = self.vae.encode(images).latent_dist
         return posterior.mean * self.vae.config.scaling_factor
 
-    def _install_hooks(self) -> None:
-        """Forward pre-hooks that read the parts, installed once.
-
-        A hook writes only into the store that :meth:`unet_parts` opened for this backbone in
-        the current thread, and stops the forward there once every part is read; U-Net passes
-        run by other threads (or outside :meth:`unet_parts`) are left alone. So several threads
-        may share one backbone, each with its own conditioning.
-        """
-        key = self._hook_key
-        wanted = len(self.parts)
-
-        def keep(name: str, tensor: torch.Tensor, channels: int | None) -> None:
-            store = getattr(_ACTIVE, "stores", {}).get(key)
-            if store is None:
-                return
-            store[name] = tensor if channels is None else tensor[:, :channels]
-            if len(store) == wanted:
-                raise _StopForward
-
+    def _part_modules(self) -> dict[int, tuple[str, int | None]]:
+        """The module whose input each part is, by id → (part name, channels kept)."""
+        modules: dict[int, tuple[str, int | None]] = {}
         for name, (block_index, resnet_index) in self.parts.items():
             block = self.unet.up_blocks[block_index]
             if resnet_index is None:
-                def hook(module: nn.Module, args: tuple, kwargs: dict, name: str = name) -> None:
-                    keep(name, args[0] if args else kwargs["hidden_states"], None)
-            else:
+                modules[id(block)] = (name, None)
+            else:  # the decoder half only: the channels of the previous resnet's output
                 channels = block.resnets[resnet_index - 1].out_channels
+                modules[id(block.resnets[resnet_index])] = (name, channels)
+        return modules
 
-                def hook(
-                    module: nn.Module, args: tuple, kwargs: dict, name: str = name,
-                    channels: int = channels,
-                ) -> None:
-                    keep(name, args[0] if args else kwargs["input_tensor"], channels)
+    def _install_hooks(self) -> None:
+        """Install :func:`_read_part` once on every up-block and its resnets (idempotent).
 
-                block = block.resnets[resnet_index]
-            block.register_forward_pre_hook(hook, with_kwargs=True)
+        The hook reads only for the pass :meth:`unet_parts` runs in the same thread, so several
+        threads may share one backbone, each with its own conditioning.
+        """
+        for block in self.unet.up_blocks:
+            for module in (block, *getattr(block, "resnets", ())):
+                if not getattr(module, "_semcorr_reads_parts", False):
+                    module.register_forward_pre_hook(_read_part, with_kwargs=True)
+                    module._semcorr_reads_parts = True
 
     def unet_parts(self, latents: torch.Tensor, context: torch.Tensor | None = None
                    ) -> dict[str, torch.Tensor]:
@@ -220,15 +230,15 @@ class StableDiffusionFeatures(Backbone):
         if context.shape[0] not in (1, n):
             raise InputError(f"{self.info.name}: {context.shape[0]} conditionings for {n} latents")
         context = context.to(latents.dtype).expand(n, -1, -1)
-        stores = _ACTIVE.__dict__.setdefault("stores", {})
-        store: dict[str, torch.Tensor] = {}
-        stores[self._hook_key] = store
+        read = _PartRead(self._part_modules(), {})
+        outer, _ACTIVE.read = getattr(_ACTIVE, "read", None), read
         try:
             self.unet(latents, t, encoder_hidden_states=context)
         except _StopForward:
             pass
         finally:
-            del stores[self._hook_key]
+            _ACTIVE.read = outer
+        store = read.store
         missing = sorted(set(self.parts) - set(store))
         if missing:
             raise InputError(f"{self.info.name}: the U-Net never reached the parts {missing}")

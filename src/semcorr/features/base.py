@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+import inspect
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
+from semcorr.errors import InputError
 from semcorr.geometry import ResizePad
 from semcorr.registry import Registry
 
@@ -22,6 +25,7 @@ __all__ = [
     "create_backbone",
     "list_backbones",
     "register_backbone",
+    "register_variants",
 ]
 
 
@@ -189,6 +193,25 @@ def autocast(device: torch.device, precision: str = "fp32") -> Iterator[None]:
 
 BACKBONES: Registry[Backbone] = Registry("backbone")
 register_backbone = BACKBONES.register
+
+
+def register_variants(names: Iterable[str], factory: Callable[..., Backbone], family: str
+                      ) -> None:
+    """Register every name as ``factory(name, weights=..., **options)`` (one family of models
+    sharing a factory, e.g. the DINOv2 sizes). An option the factory does not take is refused
+    with an :class:`InputError` naming the backbone before anything is built."""
+    signature = inspect.signature(factory)
+    for name in names:
+        def constructor(*, weights: str | None = None, name: str = name,
+                        **options: Any) -> Backbone:
+            try:
+                signature.bind(name, weights=weights, **options)
+            except TypeError as exc:
+                raise InputError(f"{name}: {exc}") from None
+            return factory(name, weights=weights, **options)
+
+        constructor.__doc__ = f"{family} backbone {name!r}; see {factory.__name__} for options."
+        register_backbone(name)(constructor)
 
 
 def create_backbone(name: str, weights: str | None = None, **options: object) -> Backbone:

@@ -24,7 +24,7 @@ from torch import nn
 
 from semcorr.conventions import check_shape
 from semcorr.errors import InputError, WeightsError
-from semcorr.features.base import PRECISIONS, Backbone, BackboneInfo, autocast, register_backbone
+from semcorr.features.base import PRECISIONS, Backbone, BackboneInfo, autocast, register_variants
 from semcorr.hub import WeightsSource, load_from_pretrained, load_state_dict, resolve_weights
 
 __all__ = [
@@ -372,16 +372,4 @@ def create_dinov2(
     )
 
 
-def _register(name: str) -> None:
-    def constructor(*, weights: str | None = None, **options: Any) -> HFViTBackbone:
-        try:
-            return create_dinov2(name, weights=weights, **options)
-        except TypeError as exc:
-            raise InputError(f"{name}: {exc}") from None
-
-    constructor.__doc__ = f"DINOv2 backbone {name!r}; see :func:`create_dinov2` for options."
-    register_backbone(name)(constructor)
-
-
-for _name in DINOV2_VARIANTS:
-    _register(_name)
+register_variants(DINOV2_VARIANTS, create_dinov2, "DINOv2")

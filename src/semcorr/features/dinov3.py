@@ -11,12 +11,10 @@ DINOv3's rotary position embeddings need no interpolation at any multiple of the
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch import nn
 
 from semcorr.errors import InputError, WeightsError
-from semcorr.features.base import register_backbone
+from semcorr.features.base import register_variants
 from semcorr.features.dinov2 import HFViTBackbone, _check_loading_info, vit_info
 from semcorr.hub import WeightsSource, load_from_pretrained, resolve_weights
 
@@ -92,16 +90,4 @@ def create_dinov3(
     )
 
 
-def _register(name: str) -> None:
-    def constructor(*, weights: str | None = None, **options: Any) -> HFViTBackbone:
-        try:
-            return create_dinov3(name, weights=weights, **options)
-        except TypeError as exc:
-            raise InputError(f"{name}: {exc}") from None
-
-    constructor.__doc__ = f"DINOv3 backbone {name!r}; see :func:`create_dinov3` for options."
-    register_backbone(name)(constructor)
-
-
-for _name in DINOV3_HUB_IDS:
-    _register(_name)
+register_variants(DINOV3_HUB_IDS, create_dinov3, "DINOv3")

@@ -38,7 +38,7 @@ from torch import nn
 
 from semcorr.conventions import check_shape
 from semcorr.errors import InputError, WeightsError
-from semcorr.features.base import PRECISIONS, Backbone, BackboneInfo, autocast, register_backbone
+from semcorr.features.base import PRECISIONS, Backbone, BackboneInfo, autocast, register_variants
 from semcorr.hub import WeightsSource, load_from_pretrained, resolve_weights
 
 __all__ = [
@@ -412,16 +412,4 @@ def create_stable_diffusion(
     )
 
 
-def _register(name: str) -> None:
-    def constructor(*, weights: str | None = None, **options: Any) -> StableDiffusionFeatures:
-        try:
-            return create_stable_diffusion(name, weights=weights, **options)
-        except TypeError as exc:
-            raise InputError(f"{name}: {exc}") from None
-
-    constructor.__doc__ = f"Stable Diffusion backbone {name!r}; see create_stable_diffusion."
-    register_backbone(name)(constructor)
-
-
-for _name in SD_VARIANTS:
-    _register(_name)
+register_variants(SD_VARIANTS, create_stable_diffusion, "Stable Diffusion")

@@ -145,7 +145,7 @@ def add_refine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kernel-weighting", default=None, choices=KERNEL_WEIGHTINGS,
                         help="where the kernel rule's Gaussian acts: on the probabilities "
                         "(default) or on the similarities (SD4Match's)")
-    parser.add_argument("--pose-align", action="store_true",
+    parser.add_argument("--pose-align", action=argparse.BooleanOptionalAction, default=False,
                         help="try the flipped source too and keep the closer pose per target")
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+from typing import Any
 
 from semcorr.cli.common import (
     add_backbone_options,
@@ -13,7 +15,19 @@ from semcorr.cli.common import (
 )
 from semcorr.errors import InputError
 
-__all__ = ["add_parser", "parse_dataset_options", "parse_thresholds"]
+__all__ = ["add_parser", "parse_dataset_options", "parse_thresholds", "resolve_settings"]
+
+
+class _Unset:
+    """Stands for "not given on the command line" in the parsed namespace."""
+
+    def __repr__(self) -> str:
+        return "<not given>"
+
+
+_UNSET = _Unset()
+#: Namespace entries that are not evaluation settings.
+_NOT_SETTINGS = {"help", "func", "job", "print_config", "preset"}
 
 
 def parse_thresholds(text: str) -> list[float]:
@@ -36,12 +50,74 @@ def parse_dataset_options(items: list[str] | None) -> dict[str, int | float | st
     return parse_key_values(items, "--dataset-option")
 
 
-def _run(args: argparse.Namespace) -> int:
+def _defer_defaults(parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """Replace the parser's defaults by a marker, so that a value given on the command line can be
+    told from one left out (even when it equals the default); returns the real defaults."""
+    defaults: dict[str, Any] = {}
+    for action in parser._actions:
+        if action.dest in _NOT_SETTINGS or action.default is argparse.SUPPRESS:
+            continue
+        defaults[action.dest] = action.default
+        if not isinstance(action, argparse._AppendAction):  # an append default must be a list
+            action.default = _UNSET
+    return defaults
+
+
+def _given(value: Any) -> bool:
+    return value is not _UNSET and value is not None
+
+
+def resolve_settings(args: argparse.Namespace, defaults: dict[str, Any]) -> dict[str, Any]:
+    """Every evaluation setting: option default < ``--preset`` < option given.
+
+    Returns:
+        option destination → value (also written back onto ``args``).
+
+    Raises:
+        UnknownNameError: for an unknown preset.
+    """
+    from semcorr.eval.presets import get_eval_preset
+
+    preset = get_eval_preset(args.preset) if args.preset else None
+    preset_settings = dict(preset.settings) if preset else {}
+    unknown = set(preset_settings) - set(defaults)
+    if unknown:  # a preset naming an option `semcorr eval` does not have is a programming error
+        raise ValueError(f"preset {args.preset!r} sets unknown options {sorted(unknown)}")
+    settings = {}
+    for dest, default in defaults.items():
+        value = getattr(args, dest, _UNSET)
+        if not _given(value):
+            value = preset_settings.get(dest, default)
+        settings[dest] = value
+        setattr(args, dest, value)
+    return settings
+
+
+def _print_config(args: argparse.Namespace, settings: dict[str, Any]) -> int:
+    from semcorr.eval.presets import get_eval_preset
+
+    shown: dict[str, Any] = {"preset": args.preset}
+    if args.preset:
+        preset = get_eval_preset(args.preset)
+        shown.update(source=preset.source, headline=preset.headline,
+                     published=dict(preset.published))
+    shown["settings"] = settings
+    print(json.dumps(shown, indent=2, sort_keys=False, default=str))
+    return 0
+
+
+def _run(args: argparse.Namespace, defaults: dict[str, Any]) -> int:
     from semcorr.data import create_dataset
     from semcorr.eval.benchmark import evaluate
     from semcorr.eval.report import markdown_table
     from semcorr.pipeline import Matcher
 
+    settings = resolve_settings(args, defaults)
+    if args.print_config:
+        return _print_config(args, settings)
+    for dest, flag in (("dataset", "--dataset"), ("root", "--root")):
+        if getattr(args, dest) is None:
+            raise InputError(f"{flag} is required (or a --preset that sets it)")
     thresholds = parse_thresholds(args.thresholds)
     if args.save_examples < 0 or not 0 < args.examples_alpha < 1:
         raise InputError("--save-examples must be >= 0 and --examples-alpha between 0 and 1")
@@ -84,8 +160,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Export predictions on a benchmark (resumable), then compute PCK per "
         "category, overall and on the geometry-aware subset.",
     )
-    parser.add_argument("--dataset", required=True, choices=list_datasets(), help="benchmark")
-    parser.add_argument("--root", required=True, help="the dataset folder, as downloaded")
+    from semcorr.eval.presets import list_eval_presets
+
+    parser.add_argument("--dataset", default=None, choices=list_datasets(),
+                        help="benchmark (required unless the preset sets it)")
+    parser.add_argument("--root", default=None, help="the dataset folder, as downloaded")
+    parser.add_argument("--preset", default=None, choices=list_eval_presets() or None,
+                        help="a published evaluation, setting for setting; options given on "
+                        "the command line override it")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print every setting (defaults < preset < options) and exit")
     parser.add_argument("--split", default="test", help="split (default: test)")
     parser.add_argument("--category", default=None, help="evaluate one category only")
     parser.add_argument(
@@ -122,4 +206,5 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "OUT/examples/index.html")
     parser.add_argument("--examples-alpha", type=float, default=0.1, metavar="A",
                         help="PCK threshold that ranks and colours the examples (default: 0.1)")
-    parser.set_defaults(func=_run)
+    defaults = _defer_defaults(parser)
+    parser.set_defaults(func=lambda args: _run(args, defaults))

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-import torch
-
+from semcorr.devices import choose_device
 from semcorr.errors import InputError
 from semcorr.features import Backbone, create_backbone
 from semcorr.match.refine import Refiner, list_refiners, refiner_with_options
@@ -74,16 +73,6 @@ def parse_key_values(items: list[str] | None, flag: str) -> dict[str, int | floa
             raise InputError(f"malformed {flag} {item!r}: expected KEY=VALUE")
         options[key.strip().replace("-", "_")] = _value(value.strip())
     return options
-
-
-def choose_device(name: str | None) -> torch.device:
-    """The device, chosen once at the boundary."""
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError as exc:
-        raise InputError(f"bad --device {name!r}: {exc}") from None
 
 
 def backbone_from_args(args: argparse.Namespace) -> Backbone:

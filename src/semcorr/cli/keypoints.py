@@ -27,7 +27,7 @@ from semcorr.cli.common import choose_device
 from semcorr.conventions import UNMATCHED
 from semcorr.errors import ImageError, InputError
 from semcorr.features.local import LocalFeatures, create_local_features, list_local_features
-from semcorr.io import atomic_write_bytes, atomic_write_json, load_image
+from semcorr.io import atomic_write_bytes, atomic_write_json, load_image, parse_points
 
 __all__ = [
     "add_parser",
@@ -226,7 +226,6 @@ def run_sparse_match(args: argparse.Namespace) -> int:
     entry with an extra ``keypoint_matches`` list of ``[x0, y0, x1, y1, similarity]``, and one
     picture per target.
     """
-    from semcorr.cli.match import parse_points
     from semcorr.pipeline import MatchResult
     from semcorr.viz.matches import save_match_picture
 

@@ -458,7 +458,8 @@ def evaluate(
         from semcorr.viz.gallery import save_gallery
 
         results["examples"] = save_gallery(
-            out / PREDICTIONS, out / "examples", save_examples, examples_alpha,
+            lambda: read_predictions(out / PREDICTIONS), out / "examples", save_examples,
+            examples_alpha,
             export["pair_ids"], title=f"{dataset.name} ({dataset.split}): best and worst pairs",
         )
     atomic_write_json(out / RESULTS, results)

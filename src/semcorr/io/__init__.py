@@ -2,6 +2,7 @@
 
 from semcorr.io.files import atomic_write_bytes, atomic_write_json
 from semcorr.io.image import MAX_PIXELS, load_image, load_pil, pil_to_tensor
+from semcorr.io.points import parse_points
 
 __all__ = [
     "MAX_PIXELS",
@@ -9,5 +10,6 @@ __all__ = [
     "atomic_write_json",
     "load_image",
     "load_pil",
+    "parse_points",
     "pil_to_tensor",
 ]

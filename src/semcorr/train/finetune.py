@@ -861,7 +861,7 @@ def train_finetune(
         InputError: when ``OUT/last.pt`` exists and ``resume`` is off, or the settings differ
             from the saved run's.
     """
-    from semcorr.cli.common import choose_device
+    from semcorr.devices import choose_device
     from semcorr.distributed import barrier, cleanup, init_from_env, local_device
 
     device = choose_device(config.device)
@@ -917,8 +917,8 @@ def cross_dataset_report(
     Returns:
         The markdown table (also written to ``OUT/report.md``).
     """
-    from semcorr.cli.common import choose_device
     from semcorr.data import create_dataset
+    from semcorr.devices import choose_device
     from semcorr.eval.benchmark import evaluate
     from semcorr.eval.pck import format_threshold
     from semcorr.pipeline import Matcher

@@ -556,7 +556,7 @@ def train_geoaware(
         config: the settings.
         progress: called after every step with the step index and its numbers.
     """
-    from semcorr.cli.common import choose_device
+    from semcorr.devices import choose_device
     from semcorr.distributed import cleanup, init_from_env, local_device
 
     if not config.out:

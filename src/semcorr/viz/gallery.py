@@ -15,7 +15,7 @@ import io
 import math
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +127,7 @@ def _index_html(title: str, sections: list[tuple[str, list[tuple[str, str]]]]) -
 
 
 def save_gallery(
-    predictions: str | os.PathLike[str],
+    records: Callable[[], Iterable[dict[str, Any]]],
     out_dir: str | os.PathLike[str],
     count: int,
     alpha: float = 0.1,
@@ -137,7 +137,8 @@ def save_gallery(
     """Write the ``count`` best and worst pairs as JPEGs and an offline ``index.html``.
 
     Args:
-        predictions: a ``predictions.jsonl``.
+        records: returns a fresh iterable of prediction records each time it is called (it is
+            read twice: to rank, then to draw), e.g. one reading ``predictions.jsonl``.
         out_dir: the gallery folder (created).
         count: pairs per side.
         alpha: the PCK threshold that colours the points and ranks the pairs.
@@ -147,20 +148,17 @@ def save_gallery(
     Returns:
         ``{"index": path, "alpha", "best": [{"pair_id", "pck", "file"}], "worst": [...]}``.
     """
-    from semcorr.eval.benchmark import read_predictions
-
-    path, out = Path(predictions), Path(out_dir)
+    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    def records() -> Iterable[dict[str, Any]]:
-        return (r for r in read_predictions(path) if pair_ids is None or r.get("pair_id")
-                in pair_ids)
+    def chosen() -> Iterable[dict[str, Any]]:
+        return (r for r in records() if pair_ids is None or r.get("pair_id") in pair_ids)
 
-    best, worst = rank_pairs(records(), alpha, count)
+    best, worst = rank_pairs(chosen(), alpha, count)
     wanted = {pid: ("best", i) for i, pid in enumerate(best, 1)}
     wanted.update({pid: ("worst", i) for i, pid in enumerate(worst, 1)})
     written: dict[str, dict[str, Any]] = {}
-    for record in records():
+    for record in chosen():
         pid = record.get("pair_id")
         if pid in wanted and pid not in written:
             rank, i = wanted[pid]

@@ -274,6 +274,9 @@ def test_eval_cli_head_sd4match(kind: str, models: dict[str, str], backbones,
     ([], "--head sd4match needs its prompt file"),
     (["--backbone", "dinov2_vitb14", "--weights", "p.safetensors"],
      "runs on Stable Diffusion 2.1"),
+    # an explicit --backbone dense-sift is what the user said, not "left out" (issue 20)
+    (["--backbone", "dense-sift", "--weights", "p.safetensors"],
+     "runs on Stable Diffusion 2.1"),
     (["--weights", "missing.safetensors"], "missing.safetensors: no such prompt file"),
 ])
 def test_eval_cli_head_sd4match_errors(extra: list[str], message: str, willow_two_classes: Path,

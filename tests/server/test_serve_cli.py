@@ -20,7 +20,7 @@ def _parse(*argv: str) -> argparse.Namespace:
 
 def test_defaults_bind_loopback() -> None:
     args = _parse()
-    assert (args.host, args.port, args.backbone) == ("127.0.0.1", 8000, "dense-sift")
+    assert (args.host, args.port, args.backbone) == ("127.0.0.1", 8000, None)  # → dense-sift
     assert (args.max_upload_mb, args.max_megapixels, args.max_images) == (16, 25, 16)
 
 

@@ -12,6 +12,7 @@ from semcorr.match.refine import Refiner, list_refiners, refiner_with_options
 from semcorr.match.rules import KERNEL_WEIGHTINGS
 
 __all__ = [
+    "DEFAULT_BACKBONE",
     "PROMPT_HEADS",
     "add_backbone_options",
     "add_refine_options",
@@ -22,6 +23,9 @@ __all__ = [
     "refiner_from_args",
 ]
 
+#: The backbone used when ``--backbone`` is not given: weight-free, no download, CPU.
+DEFAULT_BACKBONE = "dense-sift"
+
 #: Heads that condition the backbone rather than post-process its features: head name → the
 #: backbone built for it (its ``--weights``/``--head-weights`` is the prompt file).
 PROMPT_HEADS: dict[str, str] = {"sd4match": "sd4match"}
@@ -30,8 +34,9 @@ PROMPT_HEADS: dict[str, str] = {"sd4match": "sd4match"}
 def add_backbone_options(parser: argparse.ArgumentParser) -> None:
     """``--backbone``, ``--weights``, ``--backbone-option``, ``--device``, ``--head``,
     ``--head-weights``."""
-    parser.add_argument("--backbone", default="dense-sift",
-                        help="registered backbone name (default: dense-sift, no download)")
+    parser.add_argument("--backbone", default=None,
+                        help=f"registered backbone name (default: {DEFAULT_BACKBONE}, no "
+                        "download)")
     parser.add_argument("--weights", default=None,
                         help="hub id, local file or folder of the backbone's weights")
     parser.add_argument("--backbone-option", action="append", metavar="KEY=VALUE",
@@ -76,15 +81,22 @@ def parse_key_values(items: list[str] | None, flag: str) -> dict[str, int | floa
 
 
 def backbone_from_args(args: argparse.Namespace) -> Backbone:
-    """Build the backbone named on the command line (with its head, if any) on the device."""
+    """Build the backbone named on the command line (with its head, if any) on the device.
+
+    ``args.backbone`` is ``None`` when ``--backbone`` was not given; it is set to the name built
+    (:data:`DEFAULT_BACKBONE` unless a head or a fine-tuned checkpoint decides).
+    """
     head_name = getattr(args, "head", None)
+    given = args.backbone
+    if head_name not in PROMPT_HEADS:
+        args.backbone = given or DEFAULT_BACKBONE
     options = parse_key_values(getattr(args, "backbone_option", None), "--backbone-option")
     from semcorr.train.finetune import is_finetune_checkpoint, load_finetuned  # light module
 
     if head_name in PROMPT_HEADS:
         backbone = _prompted_backbone(args, head_name, options)
     elif head_name is None and is_finetune_checkpoint(args.weights):  # `semcorr train finetune`
-        expected = None if args.backbone == "dense-sift" else args.backbone
+        expected = given
         backbone = load_finetuned(args.weights, expected_backbone=expected)
     elif head_name is None:
         if getattr(args, "head_weights", None) is not None:
@@ -107,7 +119,7 @@ def _prompted_backbone(args: argparse.Namespace, head_name: str,
     Stable Diffusion weights are ``--weights`` when ``--head-weights`` holds the prompt (else
     ``$SEMCORR_WEIGHTS/sd21`` or the hub). ``--backbone`` may be left at its default."""
     name = PROMPT_HEADS[head_name]
-    if args.backbone not in ("dense-sift", name, "sd21"):
+    if args.backbone not in (None, name, "sd21"):
         raise InputError(f"--head {head_name} runs on Stable Diffusion 2.1; leave out --backbone "
                          f"(got {args.backbone!r})")
     prompt = args.head_weights or args.weights

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from semcorr.cli.common import add_backbone_options, choose_device
+from semcorr.cli.common import DEFAULT_BACKBONE, add_backbone_options, choose_device
 from semcorr.distributed import (
     DistInfo,
     all_gather_objects,
@@ -153,6 +153,7 @@ def run_extract(args: argparse.Namespace) -> ExtractSummary:
         device = local_device(device, info)
         ids, paths = image_list(args)
         options = parse_options(args.option)
+        args.backbone = args.backbone or DEFAULT_BACKBONE
         backbone = create_backbone(args.backbone, weights=args.weights, **options)
         backbone = backbone.to(device).eval()
         config = extraction_config(backbone, args.weights, args.dtype, args.flip, options)

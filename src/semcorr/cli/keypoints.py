@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from semcorr.cli.common import choose_device
+from semcorr.cli.common import choose_device, parse_key_values
 from semcorr.conventions import UNMATCHED
 from semcorr.errors import ImageError, InputError
 from semcorr.features.local import LocalFeatures, create_local_features, list_local_features
@@ -226,15 +226,17 @@ def run_sparse_match(args: argparse.Namespace) -> int:
     entry with an extra ``keypoint_matches`` list of ``[x0, y0, x1, y1, similarity]``, and one
     picture per target.
     """
-    from semcorr.pipeline import MatchResult
+    from semcorr.pipeline import Matcher, MatchResult
     from semcorr.viz.matches import save_match_picture
 
     points = parse_points(args.points)
     for target in args.targets:
         if not Path(target).is_file():
             raise InputError(f"{target}: no such image file")
-    model = model_from_args(args.backbone, args.weights, args.device)
     source_image = load_image(args.source)
+    points = Matcher.check_points(points, source_image.shape[-1], source_image.shape[-2])
+    options = parse_key_values(getattr(args, "backbone_option", None), "--backbone-option")
+    model = model_from_args(args.backbone, args.weights, args.device, options)
     features0 = model.extract(source_image)
     out_dir = Path(args.out)
     entries = []

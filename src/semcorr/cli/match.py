@@ -19,7 +19,7 @@ from semcorr.errors import InputError
 from semcorr.io import atomic_write_json, load_image, parse_points
 from semcorr.pipeline import Matcher, MatchResult
 
-__all__ = ["add_parser", "parse_points", "run_match", "write_matches"]
+__all__ = ["add_parser", "parse_points", "refuse_dense_options", "run_match", "write_matches"]
 
 
 def write_matches(
@@ -85,12 +85,33 @@ def run_match(
     return json_path, pictures
 
 
+#: Options of dense matching (flag → namespace entry) that sparse local features cannot honour.
+DENSE_ONLY_OPTIONS = {
+    "--refine": "refine", "--window": "window", "--temperature": "temperature",
+    "--sigma": "sigma", "--kernel-weighting": "kernel_weighting", "--pose-align": "pose_align",
+    "--head": "head", "--head-weights": "head_weights",
+}
+
+
+def refuse_dense_options(args: argparse.Namespace) -> None:
+    """Refuse, in one line, the dense-matching options given with a sparse local-feature model.
+
+    Raises:
+        InputError: naming every such option given.
+    """
+    given = [flag for flag, dest in DENSE_ONLY_OPTIONS.items() if getattr(args, dest, None)]
+    if given:
+        raise InputError(f"{', '.join(given)}: not applicable to --backbone {args.backbone} "
+                         "(sparse keypoints are matched by mutual nearest neighbours)")
+
+
 def _run(args: argparse.Namespace) -> int:
     from semcorr.features.local import list_local_features
 
     if args.backbone in list_local_features():
         from semcorr.cli.keypoints import run_sparse_match
 
+        refuse_dense_options(args)
         return run_sparse_match(args)
     points = parse_points(args.points)
     backbone = backbone_from_args(args)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from semcorr.errors import InputError
+from semcorr.options import check_device
 
 __all__ = ["choose_device"]
 
@@ -13,7 +13,4 @@ def choose_device(name: str | None) -> torch.device:
     """The device, chosen once at the boundary."""
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError as exc:
-        raise InputError(f"bad --device {name!r}: {exc}") from None
+    return check_device(name)

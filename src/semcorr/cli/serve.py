@@ -6,6 +6,7 @@ import argparse
 
 from semcorr.cli.common import add_backbone_options, backbone_from_args
 from semcorr.errors import InputError
+from semcorr.options import int_at_least
 
 __all__ = ["add_parser", "build_app"]
 
@@ -21,10 +22,10 @@ def build_app(args: argparse.Namespace) -> object:
         ) from None
     from semcorr.server.service import CorrespondenceService, ServiceLimits
 
-    limits = ServiceLimits(
-        max_upload_bytes=args.max_upload_mb * 1024 * 1024,
-        max_pixels=args.max_megapixels * 1_000_000,
-        max_images=args.max_images,
+    limits = ServiceLimits(  # the limits check their own ranges; name the flags in errors
+        max_upload_bytes=int_at_least("--max-upload-mb", args.max_upload_mb, 1) * 1024 * 1024,
+        max_pixels=int_at_least("--max-megapixels", args.max_megapixels, 1) * 1_000_000,
+        max_images=int_at_least("--max-images", args.max_images, 2),
     )
     service = CorrespondenceService(backbone_from_args(args), args.backbone, limits)
     return create_app(service)

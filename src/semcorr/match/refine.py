@@ -14,6 +14,7 @@ from semcorr.match.rules import (
     soft_argmax2d,
     window_soft_argmax2d,
 )
+from semcorr.options import int_at_least, positive_number
 from semcorr.registry import Registry
 
 __all__ = ["REFINERS", "RULE_OPTIONS", "Refiner", "create_refiner", "list_refiners",
@@ -52,7 +53,7 @@ class SoftArgmaxRefiner(Refiner):
 
     def __init__(self, temperature: float = 0.02) -> None:
         super().__init__()
-        self.temperature = temperature
+        self.temperature = positive_number("temperature", temperature)
 
     def rule(self, scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         return soft_argmax2d(scores, self.temperature, mask)
@@ -64,8 +65,8 @@ class WindowSoftArgmax(Refiner):
 
     def __init__(self, radius: int = 3, temperature: float = 0.02) -> None:
         super().__init__()
-        self.radius = radius
-        self.temperature = temperature
+        self.radius = int_at_least("window radius", radius, 0)
+        self.temperature = positive_number("temperature", temperature)
 
     def rule(self, scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         return window_soft_argmax2d(scores, self.radius, self.temperature, mask)
@@ -82,8 +83,8 @@ class KernelSoftArgmax(Refiner):
         if weighting not in KERNEL_WEIGHTINGS:
             raise InputError(f"kernel weighting must be one of {KERNEL_WEIGHTINGS}, "
                              f"got {weighting!r}")
-        self.sigma = sigma
-        self.temperature = temperature
+        self.sigma = positive_number("sigma", sigma)
+        self.temperature = positive_number("temperature", temperature)
         self.weighting = weighting
 
     def rule(self, scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

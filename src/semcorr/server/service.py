@@ -27,6 +27,7 @@ from semcorr.geometry import ResizePad, inside_image
 from semcorr.match.pose import pose_points
 from semcorr.match.refine import Refiner, list_refiners, refiner_with_options
 from semcorr.match.similarity import cosine_similarity, sample_descriptors
+from semcorr.options import int_at_least
 from semcorr.pipeline import Matcher, MatchResult, SourceFeatures
 from semcorr.server.uploads import ImageStore, StoredImage, decode_image_bytes
 
@@ -55,6 +56,13 @@ class ServiceLimits:
     max_total_pixels: int = 100_000_000
     max_pairs: int = 4
     max_points: int = 256
+
+    def __post_init__(self) -> None:
+        """Refuse limits that cannot work (a pair needs two stored images)."""
+        minimums = {"max_upload_bytes": 1, "max_pixels": 1, "max_images": 2,
+                    "max_total_pixels": 1, "max_pairs": 1, "max_points": 1}
+        for name, minimum in minimums.items():
+            object.__setattr__(self, name, int_at_least(name, getattr(self, name), minimum))
 
 
 @dataclass

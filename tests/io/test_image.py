@@ -56,3 +56,79 @@ def test_atomic_write_leaves_no_temporary(tmp_path: Path) -> None:
     atomic_write_json(target, {"a": 1})
     assert target.read_text().strip().startswith("{")
     assert [p.name for p in target.parent.iterdir()] == ["out.json"]
+
+
+def _bomb_png(path: Path, side: int) -> Path:
+    """A small file that decodes to ``side`` × ``side`` pixels (a 1-bit PNG of zeros)."""
+    Image.new("1", (side, side)).save(path, optimize=True)
+    return path
+
+
+def test_pixel_cap_from_the_header_default_50mp(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    big = _bomb_png(tmp_path / "big.png", 8000)  # 64 MP in a few kB
+    assert big.stat().st_size < 100_000
+    with pytest.raises(ImageError, match="big.png: 8000x8000 pixels is over the limit of "
+                                         "50000000"):
+        load_image(big)
+    monkeypatch.setenv("SEMCORR_MAX_PIXELS", "1000")
+    with pytest.raises(ImageError, match="over the limit of 1000"):
+        load_image(_bomb_png(tmp_path / "small.png", 40))
+    monkeypatch.setenv("SEMCORR_MAX_PIXELS", "lots")
+    with pytest.raises(ImageError, match="SEMCORR_MAX_PIXELS='lots'"):
+        load_image(tmp_path / "small.png")
+
+
+def test_pil_bomb_warning_inside_open_is_a_refusal(tmp_path: Path) -> None:
+    """PIL warns from inside ``Image.open`` above its own MAX_IMAGE_PIXELS (89 MP): that must be
+    a clear refusal too, whatever cap the caller set (here none)."""
+    import warnings
+
+    huge = _bomb_png(tmp_path / "huge.png", 10000)  # 100 MP: PIL's warning zone
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning escaping would fail the test
+        with pytest.raises(ImageError, match="huge.png: refused as a possible decompression"):
+            load_image(huge, max_pixels=10**9)
+
+
+def test_dataset_header_reader_refuses_bombs(tmp_path: Path) -> None:
+    from semcorr.data.base import image_size
+
+    with pytest.raises(ImageError, match="over the limit"):
+        image_size(_bomb_png(tmp_path / "big.png", 8000))
+    assert image_size(_bomb_png(tmp_path / "ok.png", 30)) == (30, 30)
+
+
+def test_sixteen_bit_png_scaled_by_its_range(tmp_path: Path) -> None:
+    import numpy as np
+
+    values = np.array([[0, 16384, 32768, 65535]], dtype=np.uint16).repeat(2, axis=0)
+    path = tmp_path / "deep.png"
+    Image.fromarray(values).save(path)
+    assert Image.open(path).mode.startswith("I")  # really stored as 16-bit grey
+    loaded = load_image(path)
+    expected = torch.tensor([0, 16384, 32768, 65535]) / 65535
+    torch.testing.assert_close(loaded[0, 0], expected, atol=1 / 255, rtol=0)
+    assert torch.equal(loaded[0], loaded[2])  # grey → three equal channels
+
+
+def test_float_tiff_scaled_by_its_range(tmp_path: Path) -> None:
+    import numpy as np
+
+    unit = np.array([[0.0, 0.25, 0.5, 1.0]], dtype=np.float32)
+    Image.fromarray(unit, mode="F").save(tmp_path / "unit.tif")
+    torch.testing.assert_close(load_image(tmp_path / "unit.tif")[1, 0],
+                               torch.tensor([0.0, 0.25, 0.5, 1.0]), atol=1 / 255, rtol=0)
+    wide = np.array([[-10.0, 0.0, 10.0, np.nan]], dtype=np.float32)  # real range -10..10
+    Image.fromarray(wide, mode="F").save(tmp_path / "wide.tif")
+    torch.testing.assert_close(load_image(tmp_path / "wide.tif")[0, 0],
+                               torch.tensor([0.0, 0.5, 1.0, 0.0]), atol=1 / 255, rtol=0)
+
+
+def test_long_inline_points_are_not_taken_for_a_file_name() -> None:
+    from semcorr.io import parse_points
+
+    text = ";".join(f"{i}.5,{i}.25" for i in range(60))  # > 255 characters
+    assert len(text) > 255
+    points = parse_points(text)
+    assert points.shape == (60, 2) and points[59].tolist() == [59.5, 59.25]

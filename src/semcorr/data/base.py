@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from semcorr.errors import ImageError, InputError
+from semcorr.errors import InputError
 from semcorr.registry import Registry
 
 __all__ = [
@@ -202,15 +202,10 @@ def image_size(path: Path) -> tuple[int, int]:
     Raises:
         ImageError: naming the file when it is missing or unreadable.
     """
-    from PIL import Image, UnidentifiedImageError
+    from semcorr.io import open_image
 
-    if not path.is_file():
-        raise ImageError(f"{path}: no such image file")
-    try:
-        with Image.open(path) as img:
-            return int(img.size[0]), int(img.size[1])
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise ImageError(f"{path}: not a readable image ({exc})") from None
+    with open_image(path) as img:  # header only; refuses a decompression bomb
+        return int(img.size[0]), int(img.size[1])
 
 
 def flip_permutation_from_pairs(num_keypoints: int, pairs: Sequence[Sequence[int]]) -> torch.Tensor:

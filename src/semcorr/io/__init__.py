@@ -1,7 +1,15 @@
 """Stage 0: reading images and writing results."""
 
 from semcorr.io.files import atomic_write_bytes, atomic_write_json
-from semcorr.io.image import MAX_PIXELS, load_image, load_pil, pil_to_tensor
+from semcorr.io.image import (
+    MAX_PIXELS,
+    load_image,
+    load_pil,
+    open_image,
+    pil_to_tensor,
+    pixel_cap,
+    to_rgb8,
+)
 from semcorr.io.points import parse_points
 
 __all__ = [
@@ -10,6 +18,9 @@ __all__ = [
     "atomic_write_json",
     "load_image",
     "load_pil",
+    "open_image",
     "parse_points",
     "pil_to_tensor",
+    "pixel_cap",
+    "to_rgb8",
 ]

@@ -12,10 +12,18 @@ from semcorr.errors import InputError
 __all__ = ["parse_points"]
 
 
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, false for a string the OS cannot take as a name (too long, NUL)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def parse_points(text: str) -> torch.Tensor:
     """Points from a JSON file ``[[x, y], ...]`` or inline ``"x,y;x,y"`` → ``(N, 2)``."""
     path = Path(text)
-    if path.suffix.lower() == ".json" or path.is_file():
+    if path.suffix.lower() == ".json" or _is_file(path):
         if not path.is_file():
             raise InputError(f"{path}: no such points file")
         try:

@@ -20,6 +20,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from semcorr.errors import ImageError
+from semcorr.io.image import to_rgb8
 
 __all__ = [
     "ALLOWED_FORMATS",
@@ -119,7 +120,10 @@ def decode_image_bytes(
     if not data:
         raise NotAnImageError(f"{label}: empty upload")
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with warnings.catch_warnings():  # PIL warns inside Image.open already
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            opened = Image.open(io.BytesIO(data))
+        with opened as img:
             if img.format not in ALLOWED_FORMATS:
                 raise NotAnImageError(
                     f"{label}: format {img.format} is not accepted "
@@ -133,7 +137,7 @@ def decode_image_bytes(
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 img.load()
-                rgb = ImageOps.exif_transpose(img).convert("RGB")
+                rgb = to_rgb8(ImageOps.exif_transpose(img))
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

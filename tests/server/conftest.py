@@ -37,7 +37,7 @@ def client(service: CorrespondenceService) -> Iterator[object]:
 
     from semcorr.server.app import create_app
 
-    with TestClient(create_app(service)) as test_client:
+    with TestClient(create_app(service), base_url="http://127.0.0.1:8000") as test_client:
         yield test_client
 
 

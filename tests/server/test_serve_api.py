@@ -18,6 +18,7 @@ pytest.importorskip("httpx", reason="httpx (for fastapi's TestClient) is not ins
 
 SOURCE, TURNED = "sample-0", "sample-1"
 EYE = [172.0, 110.0]
+UPLOAD = {"Content-Type": "application/octet-stream"}
 
 
 def _png(width: int, height: int, seed: int = 0) -> bytes:
@@ -104,14 +105,16 @@ class TestAnswers:
 
 class TestBadInput:
     def test_bad_image_bytes(self, client) -> None:
-        response = client.post("/api/images?name=cat.png", content=b"GIF89a but not really")
+        response = client.post("/api/images?name=cat.png", content=b"GIF89a but not really",
+                               headers=UPLOAD)
         assert response.status_code == 415
         assert "cat.png" in response.json()["detail"]
         _still_answers(client)
 
     def test_oversize_upload_declared(self, client, service: CorrespondenceService) -> None:
         size = service.limits.max_upload_bytes + 1
-        response = client.post("/api/images?name=big.png", content=b"\x00" * size)
+        response = client.post("/api/images?name=big.png", content=b"\x00" * size,
+                               headers=UPLOAD)
         assert response.status_code == 413
         assert str(service.limits.max_upload_bytes) in response.json()["detail"]
         _still_answers(client)
@@ -121,12 +124,14 @@ class TestBadInput:
             for _ in range(service.limits.max_upload_bytes // 65536 + 2):
                 yield b"\x00" * 65536
 
-        response = client.post("/api/images?name=big.png", content=chunks())
+        response = client.post("/api/images?name=big.png", content=chunks(),
+                               headers=UPLOAD)
         assert response.status_code == 413
         _still_answers(client)
 
     def test_too_many_pixels(self, client) -> None:
-        response = client.post("/api/images?name=wide.png", content=_claimed_png(5000, 5000))
+        response = client.post("/api/images?name=wide.png", content=_claimed_png(5000, 5000),
+                               headers=UPLOAD)
         assert response.status_code == 413
         assert "5000x5000 pixels" in response.json()["detail"]
         _still_answers(client)
@@ -178,10 +183,11 @@ def test_upload_then_match(small_service: CorrespondenceService) -> None:
 
     from semcorr.server.app import create_app
 
-    with TestClient(create_app(small_service)) as client:
+    with TestClient(create_app(small_service), base_url="http://127.0.0.1") as client:
         ids = []
         for seed, name in enumerate(["a.png", "b.jpg"]):
-            response = client.post(f"/api/images?name={name}", content=_png(40, 30, seed))
+            response = client.post(f"/api/images?name={name}", content=_png(40, 30, seed),
+                               headers=UPLOAD)
             assert response.status_code == 201
             info = response.json()
             assert (info["name"], info["width"], info["height"]) == (name, 40, 30)

@@ -8,7 +8,7 @@ from semcorr.cli.common import add_backbone_options, backbone_from_args
 from semcorr.errors import InputError
 from semcorr.options import int_at_least
 
-__all__ = ["add_parser", "build_app"]
+__all__ = ["add_parser", "allowed_hosts", "build_app"]
 
 
 def build_app(args: argparse.Namespace) -> object:
@@ -28,7 +28,18 @@ def build_app(args: argparse.Namespace) -> object:
         max_images=int_at_least("--max-images", args.max_images, 2),
     )
     service = CorrespondenceService(backbone_from_args(args), args.backbone, limits)
-    return create_app(service)
+    return create_app(service, allowed_hosts=allowed_hosts(args.host, args.allow_host))
+
+
+def allowed_hosts(bound: str, extra: list[str] | None) -> list[str]:
+    """Host names requests may carry: this machine's, the bound address (unless it is a
+    wildcard) and each ``--allow-host``."""
+    from semcorr.server.app import LOOPBACK_HOSTS
+
+    hosts = [*LOOPBACK_HOSTS, *(extra or [])]
+    if bound not in ("0.0.0.0", "::", ""):
+        hosts.append(bound)
+    return hosts
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -62,4 +73,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="largest image in megapixels (default: 25)")
     parser.add_argument("--max-images", type=int, default=16,
                         help="uploads kept in memory before the oldest is evicted (default: 16)")
+    parser.add_argument("--allow-host", action="append", metavar="HOST",
+                        help="also accept requests naming this host (e.g. the machine's name "
+                        "when listening beyond it); repeatable. Others get 400 (DNS rebinding "
+                        "guard)")
     parser.set_defaults(func=_run)

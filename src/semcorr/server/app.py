@@ -18,10 +18,12 @@ have the ``web`` extra.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
 from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
@@ -44,7 +46,7 @@ from semcorr.server.uploads import (
     UnknownImageError,
 )
 
-__all__ = ["BodyLimit", "create_app", "static_dir"]
+__all__ = ["LOOPBACK_HOSTS", "BodyLimit", "RequestGuard", "create_app", "static_dir"]
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
@@ -84,22 +86,79 @@ class _TooLarge(Exception):
     pass
 
 
-class BodyLimit:
-    """ASGI middleware refusing request bodies over ``max_bytes`` with ``413``, whether the
-    client declares a ``Content-Length`` or streams chunks; it also adds the security headers
-    to every answer (a pure ASGI middleware, so the refusal is not wrapped in task groups)."""
+#: Hosts a request may name by default: this machine (a rebinding DNS name is refused).
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+#: Largest JSON request body (256 points take about 10 kB).
+MAX_JSON_BYTES = 64 * 1024
+#: Content types a POST may carry, per route kind.
+_UPLOAD_TYPES = ("application/octet-stream", "image/")
+_JSON_TYPES = ("application/json",)
 
-    def __init__(self, app: Any, max_bytes: int) -> None:
+
+def _host_name(value: str) -> str:
+    """``"127.0.0.1:8000"`` → ``"127.0.0.1"``, ``"[::1]:8000"`` → ``"::1"`` (lower case)."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1:].partition("]")[0]
+    return value.rpartition(":")[0] if value.count(":") == 1 else value
+
+
+class RequestGuard:
+    """ASGI middleware in front of every route, refusing before any body is parsed:
+
+    * a ``Host`` not in ``allowed_hosts`` (port ignored): ``400`` (DNS rebinding);
+    * an ``Origin`` other than the server's own (``http(s)://<Host>``), ``null`` included, or
+      ``Sec-Fetch-Site: cross-site``: ``403`` (another web page posting to this one);
+    * a ``POST`` without ``application/json`` (``application/octet-stream`` or ``image/*`` for
+      uploads to ``/api/images``): ``415`` (so no form or ``text/plain`` post gets in);
+    * a body over ``max_json_bytes`` (JSON) or ``max_upload_bytes`` (uploads), declared or
+      streamed: ``413``.
+
+    It also adds the security headers to every answer. A pure ASGI middleware, so a refusal is
+    not wrapped in task groups and costs no parsing.
+    """
+
+    def __init__(self, app: Any, max_bytes: int, max_json_bytes: int = MAX_JSON_BYTES,
+                 allowed_hosts: Sequence[str] = LOOPBACK_HOSTS) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.max_json_bytes = max_json_bytes
+        self.allowed_hosts = {_host_name(h) for h in allowed_hosts}
+
+    def _refusal(self, scope: dict, headers: dict[bytes, bytes]) -> tuple[int, str] | None:
+        host = headers.get(b"host", b"").decode("latin-1")
+        if _host_name(host) not in self.allowed_hosts:
+            return 400, "unknown Host header (allowed: " + ", ".join(sorted(self.allowed_hosts)) \
+                + "; see semcorr serve --allow-host)"
+        origin = headers.get(b"origin")
+        if origin is not None and origin.decode("latin-1").lower() not in (
+                f"http://{host.lower()}", f"https://{host.lower()}"):
+            return 403, "cross-origin request refused"
+        if headers.get(b"sec-fetch-site", b"").lower() == b"cross-site":
+            return 403, "cross-site request refused"
+        if scope["method"] in ("POST", "PUT", "PATCH", "DELETE"):
+            kind = headers.get(b"content-type", b"").decode("latin-1").lower()
+            kind = kind.partition(";")[0].strip()
+            allowed = _UPLOAD_TYPES if scope["path"] == "/api/images" else _JSON_TYPES
+            if not kind or not any(kind == t or (t.endswith("/") and kind.startswith(t))
+                                   for t in allowed):
+                names = " or ".join(t + "*" * t.endswith("/") for t in allowed)
+                return 415, f"Content-Type must be {names}"
+        return None
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await self._refuse(send)
+        headers = {k.lower(): v for k, v in scope.get("headers") or []}
+        refusal = self._refusal(scope, headers)
+        if refusal is not None:
+            await self._refuse(send, *refusal)
+            return
+        limit = self.max_bytes if scope["path"] == "/api/images" else self.max_json_bytes
+        declared = headers.get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            await self._refuse(send, 413, f"request body over the limit of {limit} bytes")
             return
         seen = 0
         started = False
@@ -108,7 +167,7 @@ class BodyLimit:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
+            if seen > limit:
                 raise _TooLarge
             return message
 
@@ -126,23 +185,49 @@ class BodyLimit:
             await self.app(scope, limited_receive, tracked_send)
         except _TooLarge:
             if not started:
-                await self._refuse(send)
+                await self._refuse(send, 413, f"request body over the limit of {limit} bytes")
 
-    async def _refuse(self, send: Any) -> None:
-        body = JSONResponse({"detail": f"request body over the limit of {self.max_bytes} bytes"},
-                            status_code=413, headers={**_HEADERS, "Connection": "close"})
+    async def _refuse(self, send: Any, status: int, detail: str) -> None:
+        body = JSONResponse({"detail": detail}, status_code=status,
+                            headers={**_HEADERS, "Connection": "close"})
         await send({"type": "http.response.start", "status": body.status_code,
                     "headers": body.raw_headers})
         await send({"type": "http.response.body", "body": body.body})
+
+
+#: The former name of :class:`RequestGuard` (it began as the body-size limit).
+BodyLimit = RequestGuard
+
+
+def _validation_summary(exc: RequestValidationError) -> str:
+    """Where and what, never the input itself (no echo, nothing to fail on odd bytes)."""
+    problems = []
+    for error in exc.errors()[:5]:
+        where = ".".join(str(p)[:40] for p in error.get("loc", ()) if isinstance(p, (str, int)))
+        what = str(error.get("type", "invalid"))[:40]
+        problems.append(f"{where}: {what}")
+    more = len(exc.errors()) - len(problems)
+    return "invalid request: " + "; ".join(problems) + (f" (+{more} more)" if more > 0 else "")
 
 
 def _info(image: StoredImage) -> ImageInfo:
     return ImageInfo(id=image.id, name=image.name, width=image.width, height=image.height)
 
 
-def create_app(service: CorrespondenceService) -> FastAPI:
-    """The web app around a service (routes only)."""
-    app = FastAPI(title="semcorr", version=__version__,
+def create_app(service: CorrespondenceService,
+               allowed_hosts: Sequence[str] = LOOPBACK_HOSTS) -> FastAPI:
+    """The web app around a service (routes only).
+
+    Args:
+        service: the correspondence service.
+        allowed_hosts: host names a request's ``Host`` header may carry (see
+            :class:`RequestGuard`); the bound address is added by ``semcorr serve``.
+
+    ``/docs`` and ``/redoc`` are not served (their pages load scripts from a CDN, which the
+    page's own security policy forbids and which is unreachable offline); the schema is at
+    ``/openapi.json``.
+    """
+    app = FastAPI(title="semcorr", version=__version__, docs_url=None, redoc_url=None,
                   description="Click a point on the source, see its match on the target.")
     app.state.service = service
 
@@ -150,9 +235,14 @@ def create_app(service: CorrespondenceService) -> FastAPI:
     async def _semcorr_error(request: Request, exc: SemcorrError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=_status(exc))
 
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _validation_summary(exc)}, status_code=422)
+
     _add_routes(app, service)
     app.mount("/static", StaticFiles(directory=static_dir()), name="static")
-    app.add_middleware(BodyLimit, max_bytes=service.limits.max_upload_bytes)
+    app.add_middleware(RequestGuard, max_bytes=service.limits.max_upload_bytes,
+                       max_json_bytes=MAX_JSON_BYTES, allowed_hosts=allowed_hosts)
     return app
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, Strict
 
 __all__ = [
     "ErrorResponse",
@@ -14,7 +16,9 @@ __all__ = [
     "SamplesResponse",
 ]
 
-Point = tuple[float, float]
+#: A coordinate: a JSON number only (``true`` and ``"1"`` are refused, as on the command line).
+Coordinate = Annotated[float, Strict()]
+Point = tuple[Coordinate, Coordinate]
 
 
 class _Strict(BaseModel):

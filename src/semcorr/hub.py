@@ -27,6 +27,7 @@ from typing import TypeVar
 import torch
 
 from semcorr.errors import WeightsError
+from semcorr.io.weights import load_torch_file
 
 __all__ = [
     "WEIGHTS_ENV",
@@ -179,7 +180,9 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
 
             state = load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = load_torch_file(path)
+    except WeightsError:
+        raise
     except Exception as exc:  # torch/safetensors raise many types for corrupt files
         raise WeightsError(f"{path}: not a readable weights file ({_first_line(exc)})") from None
     for key in ("model", "state_dict", "teacher"):

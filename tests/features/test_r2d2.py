@@ -163,7 +163,7 @@ class TestCheckpoints:
             load_r2d2_network(tmp_path / "missing.pt")
         garbage = tmp_path / "garbage.pt"
         garbage.write_bytes(b"not a checkpoint")
-        with pytest.raises(WeightsError, match="garbage.pt: not a loadable checkpoint"):
+        with pytest.raises(WeightsError, match="garbage.pt: not a readable torch weights file"):
             load_r2d2_network(garbage)
         net = build_network("Quad_L2Net_ConfCFS", mchan=1, dim=16)
         wrong = _save_official(net, "Quad_L2Net_ConfCFS(mchan=2, dim=16)", tmp_path / "w.pt")

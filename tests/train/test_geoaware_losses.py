@@ -183,5 +183,5 @@ def test_checkpoint_roundtrip_restores_everything(tmp_path):
     assert sched2.get_last_lr() == sched.get_last_lr()
     assert opt2.state_dict()["state"][0]["exp_avg"].equal(opt.state_dict()["state"][0]["exp_avg"])
     (tmp_path / "bad.pt").write_bytes(b"nope")
-    with pytest.raises(WeightsError, match=r"bad\.pt: not a readable checkpoint"):
+    with pytest.raises(WeightsError, match=r"bad\.pt: not a readable torch weights file"):
         load_checkpoint(tmp_path / "bad.pt", model=other)

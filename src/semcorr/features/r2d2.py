@@ -35,6 +35,7 @@ from torch import nn
 from semcorr.conventions import check_shape
 from semcorr.errors import InputError, WeightsError
 from semcorr.features.local import LocalFeatures, register_local_features
+from semcorr.io.weights import load_torch_file
 
 __all__ = [
     "ARCHITECTURES",
@@ -312,12 +313,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not path.is_file():
         raise WeightsError(f"{path}: no such weights file")
     allowed = [(_plain_dict, "collections.defaultdict"), list]
-    try:
-        with torch.serialization.safe_globals(allowed):
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001  (any unpickling failure is a bad file)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"{path}: not a loadable checkpoint ({first})") from None
+    checkpoint = load_torch_file(path, allowed=allowed)
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise WeightsError(f"{path}: not an R2D2 checkpoint (no 'state_dict' dict)")
     if not isinstance(checkpoint.get("net"), str):

@@ -21,6 +21,7 @@ from torch import nn
 
 from semcorr.errors import WeightsError
 from semcorr.io import atomic_write_bytes
+from semcorr.io.weights import load_torch_file
 
 __all__ = [
     "capture_rng",
@@ -128,10 +129,7 @@ def load_checkpoint(
         WeightsError: naming the file when it is unreadable or does not fit the objects.
     """
     file = Path(path)
-    try:
-        payload = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt files
-        raise WeightsError(f"{file}: not a readable checkpoint ({exc})") from None
+    payload = load_torch_file(file)
     if not isinstance(payload, dict) or "model" not in payload or "step" not in payload:
         raise WeightsError(f"{file}: not a semcorr training checkpoint")
     try:

@@ -51,6 +51,7 @@ from semcorr.errors import ImageError, InputError, WeightsError
 from semcorr.features.base import PRECISIONS, Backbone, autocast, create_backbone
 from semcorr.geometry import ResizePad
 from semcorr.io import atomic_write_bytes, atomic_write_json, load_image
+from semcorr.io.weights import load_torch_file
 from semcorr.match.rules import masked_scores, soft_argmax2d, window_soft_argmax2d
 from semcorr.match.similarity import cosine_similarity, sample_descriptors
 
@@ -516,10 +517,7 @@ def _save(path: Path, payload: dict[str, Any]) -> None:
 
 
 def _read(path: Path) -> dict[str, Any]:
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt files
-        raise WeightsError(f"{path}: not a readable checkpoint ({exc})") from None
+    payload = load_torch_file(path)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise WeightsError(f"{path}: not a 'semcorr train finetune' checkpoint")
     return payload
@@ -530,8 +528,8 @@ def is_finetune_checkpoint(path: str | Path | None) -> bool:
     if path is None or not Path(path).is_file():
         return False
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # not a zip torch file, not weights-only, unreadable...
+        payload = load_torch_file(path, mmap=True)
+    except WeightsError:  # not a zip torch file, not weights-only, unreadable...
         return False
     return isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT
 

@@ -402,3 +402,26 @@ def test_sparse_point_matches_known_answer() -> None:
     assert found.tolist() == [[11, 12], [-1, -1], [-1, -1], [50, 50]]
     assert scores.tolist() == [1.0, 0.0, 0.0, 1.0]
     assert pairs.tolist() == [[10, 10, 11, 12, 1], [30, 30, 50, 50, 1]]
+
+
+@pytest.mark.parametrize(("net", "message"), [
+    ("Quad_L2Net_ConfCFS(mchan=2000)", r"mchan=2000 is out of range \(expected an integer in "
+                                       r"\[1, 16\]\)"),
+    ("Quad_L2Net_ConfCFS(dim=-3)", "dim=-3 is out of range"),
+    ("Quad_L2Net_ConfCFS(dim=128.5)", "dim=128.5 is out of range"),
+    ("Quad_L2Net_ConfCFS(relu22='yes')", "relu22='yes' is out of range"),
+    ("Fast_Quad_L2Net_ConfCFS(downsample_factor=1000000)", "downsample_factor=1000000 is out"),
+])
+def test_checkpoint_net_string_checked_before_allocation(tmp_path: Path, net: str,
+                                                         message: str) -> None:
+    """A hostile ``net`` string is refused from its arguments alone, by the range check that
+    runs before the network is built (``mchan=2000`` would allocate ~9 GB); the error names the
+    file."""
+    from semcorr.errors import WeightsError
+    from semcorr.features.r2d2 import load_r2d2_network
+
+    path = tmp_path / "hostile.pt"
+    torch.save({"net": net, "state_dict": {}}, path)
+    with pytest.raises(WeightsError, match=message) as info:
+        load_r2d2_network(path)
+    assert str(info.value).startswith(str(path))

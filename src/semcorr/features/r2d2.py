@@ -229,6 +229,28 @@ ARCHITECTURES: dict[str, _Architecture] = {
 
 _PATCHNET_OPTIONS = ("in_channels", "inchan", "dilated", "bn", "bn_affine")
 
+#: The type and range each constructor argument may take: a checkpoint's ``net`` string is
+#: checked against these before a single weight is allocated (``mchan=2000`` would ask for
+#: gigabytes). The published networks use dim 128, mchan 4 and downsample_factor 2.
+_OPTION_RANGES: dict[str, tuple[type, int, int]] = {
+    "dim": (int, 1, 1024), "mchan": (int, 1, 16), "downsample_factor": (int, 1, 8),
+    "in_channels": (int, 1, 16), "inchan": (int, 1, 16),
+    "relu22": (bool, 0, 1), "dilated": (bool, 0, 1), "bn": (bool, 0, 1),
+    "bn_affine": (bool, 0, 1),
+}
+
+
+def _check_option_ranges(architecture: str, options: dict[str, Any]) -> None:
+    """Refuse an option of the wrong type or outside :data:`_OPTION_RANGES`."""
+    for name, value in options.items():
+        kind, low, high = _OPTION_RANGES[name]
+        ok = isinstance(value, bool) if kind is bool else (
+            isinstance(value, int) and not isinstance(value, bool) and low <= value <= high)
+        if not ok:
+            wanted = "true or false" if kind is bool else f"an integer in [{low}, {high}]"
+            raise InputError(f"{architecture}: {name}={value!r} is out of range (expected "
+                             f"{wanted})")
+
 
 def build_network(architecture: str, **options: Any) -> PatchNet:
     """Build a network of :data:`ARCHITECTURES` with random weights.
@@ -249,6 +271,7 @@ def build_network(architecture: str, **options: Any) -> PatchNet:
     unknown = set(options) - set(arch.options) - set(_PATCHNET_OPTIONS)
     if unknown:
         raise InputError(f"{architecture}: unknown option(s) {', '.join(sorted(unknown))}")
+    _check_option_ranges(architecture, options)
     base = {k: options[k] for k in _PATCHNET_OPTIONS if k in options}
     if "inchan" in base:
         base["in_channels"] = base.pop("inchan")

@@ -203,6 +203,8 @@ def _coerce(value: Any, kind: Any, key: str, source: str) -> Any:
             except ValueError:
                 pass
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise InputError(f"{source}: {key} must be a finite number, got {value!r}")
             return float(value)
         raise InputError(f"{source}: {key} must be a number, got {value!r}")
     if kind is str:

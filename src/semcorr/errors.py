@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-__all__ = ["SemcorrError", "ImageError", "UnknownNameError", "InputError", "WeightsError"]
+__all__ = ["SemcorrError", "ImageError", "JobFailed", "UnknownNameError", "InputError",
+           "WeightsError"]
 
 
 class SemcorrError(Exception):
@@ -26,3 +27,8 @@ class InputError(SemcorrError, ValueError):
 
 class WeightsError(SemcorrError):
     """Weights that are missing or do not fit the model."""
+
+
+class JobFailed(Exception):
+    """A job that ran but produced nothing: every item failed (each already reported). The CLI
+    ends it with one line and exit status 1 (a failure during the work, not bad input)."""

@@ -137,6 +137,9 @@ def test_bad_input(tmp_path: Path, images: list[Path], capsys: pytest.CaptureFix
     assert main(_args(tmp_path / "c3", [images[0], missing])) == 0  # skip and report
     captured = capsys.readouterr()
     assert "1 failed" in captured.out and "missing.png" in captured.err
+    assert main(_args(tmp_path / "c6", [missing])) == 1  # nothing done: a failed job
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "semcorr: error: extract: all 1 image(s) failed (listed above)")
 
 
 def test_dataset_branch(tmp_path: Path) -> None:

@@ -80,9 +80,11 @@ def test_data_prepare_names_the_removed_file(pf_willow_root: Path, tmp_path: Pat
     shutil.copytree(pf_willow_root, root)
     removed = sorted(p.name for p in (pf_willow_root / "motorbike(M)").glob("*.png"))[0]
     (root / "motorbike(M)" / removed).unlink()
-    assert main(["data", "prepare", "pf-willow", "--root", str(root), "--verify-only"]) == 1
-    out = capsys.readouterr().out
-    assert f"missing motorbike(M)/{removed}" in out and "1 item(s) missing" in out
+    assert main(["data", "prepare", "pf-willow", "--root", str(root), "--verify-only"]) == 2
+    captured = capsys.readouterr()
+    assert f"missing motorbike(M)/{removed}" in captured.out
+    assert captured.err.strip() == (f"semcorr: error: pf-willow: {root} is incomplete (1 item(s) "
+                                    "missing, listed above)")
 
 
 def test_data_prepare_failed_download_lists_missing(tmp_path: Path, capsys) -> None:
@@ -96,5 +98,5 @@ def test_data_prepare_failed_download_lists_missing(tmp_path: Path, capsys) -> N
 
 @pytest.mark.parametrize("name", ["spair", "pf-pascal", "ap10k", "cub"])
 def test_data_prepare_verify_only_empty(name: str, tmp_path: Path, capsys) -> None:
-    assert main(["data", "prepare", name, "--root", str(tmp_path), "--verify-only"]) == 1
+    assert main(["data", "prepare", name, "--root", str(tmp_path), "--verify-only"]) == 2
     assert "missing" in capsys.readouterr().out

@@ -327,9 +327,14 @@ class TestCommandLine:
         out = tmp_path / "kp"
         args = ["keypoints", *map(str, small_images), str(bad), "--model", "r2d2", "--weights",
                 weights, "--top-k", "200", "--min-size", "96", "--out", str(out)]
-        assert main(args) == 1  # one image failed, the others were written
+        assert main(args) == 0  # one image failed (skipped and reported), the others written
         err = capsys.readouterr().err
         assert "bad.png: not a readable image" in err
+        # every image failing is a failed job: exit 1, one error line after the listing
+        assert main(["keypoints", str(bad), "--model", "r2d2", "--weights", weights, "--out",
+                     str(tmp_path / "none")]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1] == "semcorr: error: keypoints: all 1 image(s) failed (listed above)"
         with np.load(out / "boat.npz") as data:
             assert data["keypoints"].shape == (200, 3)
             assert data["descriptors"].shape == (200, 128)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from semcorr.errors import InputError
+
 __all__ = ["add_parser"]
 
 _SHOWN = 50
@@ -33,7 +35,8 @@ def _prepare(args: argparse.Namespace) -> int:
         print(report["manual"])
     if "error" in report:
         raise DownloadError(report["error"])
-    return 1
+    raise InputError(f"{args.name}: {args.root} is incomplete ({len(missing)} item(s) missing, "
+                     "listed above)")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

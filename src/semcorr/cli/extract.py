@@ -36,7 +36,7 @@ from semcorr.distributed import (
     local_device,
     shard,
 )
-from semcorr.errors import InputError
+from semcorr.errors import InputError, JobFailed
 from semcorr.features import create_backbone
 from semcorr.features.cache import (
     STORAGE_DTYPES,
@@ -180,7 +180,9 @@ def run_extract(args: argparse.Namespace) -> ExtractSummary:
 
 
 def _run(args: argparse.Namespace) -> int:
-    run_extract(args)
+    summary = run_extract(args)
+    if summary.failed and not (summary.computed or summary.skipped):
+        raise JobFailed(f"extract: all {len(summary.failed)} image(s) failed (listed above)")
     return 0
 
 

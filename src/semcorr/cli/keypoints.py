@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from semcorr.cli.common import choose_device, parse_key_values
 from semcorr.conventions import UNMATCHED
-from semcorr.errors import ImageError, InputError
+from semcorr.errors import ImageError, InputError, JobFailed
 from semcorr.features.local import LocalFeatures, create_local_features, list_local_features
 from semcorr.io import atomic_write_bytes, atomic_write_json, load_image, parse_points
 
@@ -144,7 +144,9 @@ def _run(args: argparse.Namespace) -> int:
           f"{len(report['failed'])} failed, in {out_dir}")
     for failure in report["failed"]:
         print(f"semcorr: skipped: {failure}", file=sys.stderr)
-    return 1 if report["failed"] else 0
+    if report["failed"] and not (report["written"] or report["skipped"]):
+        raise JobFailed(f"keypoints: all {len(report['failed'])} image(s) failed (listed above)")
+    return 0
 
 
 def add_extraction_options(parser: argparse.ArgumentParser) -> None:

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from semcorr import __version__
-from semcorr.errors import SemcorrError
+from semcorr.errors import JobFailed, SemcorrError
 
 __all__ = ["JOBS", "OneLineParser", "build_parser", "main"]
 
@@ -78,6 +78,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _close_progress_bars()
         print("semcorr: interrupted", file=sys.stderr)
         return 130
+    except JobFailed as exc:
+        _close_progress_bars()
+        print(f"semcorr: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
     except Exception as exc:  # noqa: BLE001  (a failure during the work: one line, exit 1)
         _close_progress_bars()
         if args.debug:

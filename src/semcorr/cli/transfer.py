@@ -27,6 +27,7 @@ from semcorr.cli.common import (
     choose_device,
     refine_settings,
 )
+from semcorr.errors import JobFailed
 
 __all__ = ["add_parser", "run_transfer"]
 
@@ -91,7 +92,11 @@ def _report(out: Path, args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    run_transfer(args)
+    out = run_transfer(args)
+    document = json.loads(Path(out).read_text())
+    failed = document["semcorr"]["failed"]
+    if failed and not document["annotations"]:
+        raise JobFailed(f"transfer: all {len(failed)} target image(s) failed (listed above)")
     return 0
 
 

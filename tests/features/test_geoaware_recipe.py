@@ -23,6 +23,8 @@ from semcorr.features.geoaware_sd import float64_noising, slide_offsets  # noqa:
 
 SIZE = 960
 RTOL = 1e-4
+REFERENCE_DINOV2 = Path(__file__).resolve().parents[3] / "shared" / "reference" / \
+    "facebookresearch+dinov2"
 
 
 def save_recipe_sd(folder: Path, widths: tuple[int, ...] = (32, 32, 64, 64), groups: int = 8,
@@ -254,3 +256,109 @@ def test_freeu_equals_official(tmp_path_factory: pytest.TempPathFactory) -> None
     effect = {k: relative_error(without[k], expected[k]) for k in got}
     print("official without FreeU vs with, relative difference:", effect)
     assert min(effect.values()) > 100 * RTOL
+
+
+def _official_dinov2(state: dict[str, torch.Tensor], registers: int) -> torch.nn.Module:
+    """The official DinoVisionTransformer (../shared/reference/facebookresearch+dinov2) as its
+    hub entry builds ViT-B/14 (offset 0.1, no antialiasing; with registers: 0 and antialiased),
+    at the width of ``state``."""
+    import sys
+    from functools import partial
+
+    root = REFERENCE_DINOV2
+    if not root.is_dir():
+        pytest.skip(f"{root} is absent (../shared/reference is not beside the repository)")
+    saved = dict(sys.modules)
+    sys.path.insert(0, str(root))
+    try:
+        from dinov2.layers import MemEffAttention, NestedTensorBlock
+        from dinov2.models.vision_transformer import DinoVisionTransformer
+    finally:
+        sys.path.remove(str(root))
+        for name in set(sys.modules) - set(saved):
+            del sys.modules[name]
+    side = int((state["pos_embed"].shape[1] - 1) ** 0.5)
+    model = DinoVisionTransformer(
+        img_size=14 * side, patch_size=14, embed_dim=128, depth=2, num_heads=2, mlp_ratio=4,
+        block_fn=partial(NestedTensorBlock, attn_class=MemEffAttention), init_values=1.0,
+        block_chunks=0,
+        num_register_tokens=registers, interpolate_antialias=bool(registers),
+        interpolate_offset=0.0 if registers else 0.1,
+    )
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+@pytest.mark.parametrize("registers", [0, 4])
+def test_dino_interpolation_equals_official(tmp_path: Path, registers: int) -> None:
+    """DINOv2 at 280 px (20² patches; GeoAware: 840 px, 60²) from a 4×4 pretraining grid:
+    pos_interpolation="official" equals the official model's last-block patch tokens before the
+    norm; transformers' rule does not (without registers)."""
+    from tiny_models import official_dinov2_state
+
+    state = official_dinov2_state(registers=registers)
+    path = tmp_path / "dinov2.pth"
+    torch.save(state, path)
+    name = "dinov2_vitb14_reg" if registers else "dinov2_vitb14"
+    ours = create_backbone(name, weights=str(path), pos_interpolation="official", num_patches=20)
+    plain = create_backbone(name, weights=str(path), num_patches=20)
+    images = torch.rand(1, 3, 280, 280, generator=torch.Generator().manual_seed(5))
+    official = _official_dinov2(state, registers)
+    with torch.no_grad():
+        expected = official.get_intermediate_layers(images, n=[1], reshape=True, norm=False)[0]
+        got = ours.features(images)
+        other = plain.features(images)
+    assert got.shape == expected.shape == (1, 128, 20, 20)
+    assert relative_error(got, expected) <= RTOL
+    print(f"transformers' interpolation vs official (registers={registers}):",
+          relative_error(other, expected))
+    assert relative_error(other, expected) > 10 * RTOL or registers
+
+
+def test_sd_dino_recipe_routes_both_sides(recipe_dir: Path, captioner_files: tuple[Path, Path],
+                                          tmp_path: Path) -> None:
+    """``sd+dino`` with recipe="geoaware": the SD recipe with the captioner on one side, the
+    official DINOv2 interpolation on the other; its parts are those of the two backbones."""
+    from tiny_models import official_dinov2_state
+
+    from semcorr.features.geoaware_sd import GeoAwareSDFeatures
+
+    captioner, clip_dir = captioner_files
+    torch.save(official_dinov2_state(), tmp_path / "dino.pth")
+    fused = create_backbone(
+        "sd+dino", sd_weights=str(recipe_dir), dino_weights=str(tmp_path / "dino.pth"),
+        mode="raw", recipe="geoaware", captioner=str(captioner), captioner_clip=str(clip_dir),
+        sd_options={"image_size": 512}, dino_options={"num_patches": 8})
+    assert isinstance(fused.sd, GeoAwareSDFeatures) and fused.sd.captioner is not None
+    assert fused.sd.freeu == {"s1": 0.9, "s2": 0.2, "b1": 1.2, "b2": 1.4}
+    assert fused.dino.info.extra["pos_interpolation"] == "official"
+    squares = torch.rand(1, 3, 112, 112, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        parts = fused.feature_parts(squares)
+        sd_in = torch.nn.functional.interpolate(squares, size=(512, 512), mode="bilinear",
+                                                align_corners=False, antialias=True)
+        alone = fused.sd.feature_parts(fused.sd.normalize(sd_in))
+        dino = fused.dino.features(fused.dino.normalize(squares))
+    assert list(parts) == ["s3", "s4", "s5", "dino"]
+    for name, part in alone.items():
+        torch.testing.assert_close(parts[name], part, atol=0, rtol=0)
+    torch.testing.assert_close(parts["dino"], dino, atol=0, rtol=0)
+
+
+def test_geoaware_head_defaults_to_the_recipe(recipe_dir: Path, tmp_path: Path) -> None:
+    """``--head geoaware`` builds sd+dino under the recipe: without captioner weights, one
+    error saying what to download."""
+    import argparse
+
+    from semcorr.cli.common import add_backbone_options, backbone_from_args
+    from semcorr.postprocess import create_head
+
+    head = create_head("geoaware", feature_dims=(128,) * 4, projection_dim=128)
+    torch.save(head.state_dict(), tmp_path / "h.PTH")
+    parser = argparse.ArgumentParser()
+    add_backbone_options(parser)
+    args = parser.parse_args(["--backbone", "sd+dino", "--head", "geoaware", "--head-weights",
+                              str(tmp_path / "h.PTH"), "--backbone-option",
+                              f"sd_weights={recipe_dir}", "--device", "cpu"])
+    with pytest.raises(WeightsError, match="odise_label_coco_50e-b67d2efc.pth"):
+        backbone_from_args(args)

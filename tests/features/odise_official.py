@@ -14,6 +14,9 @@ The official feature path is imported and run unchanged: ``LdmExtractor`` (``__i
 * ``open_clip`` 2.0.2: ``create_model_and_transforms`` returns the transformers CLIP vision model
   in open_clip's attribute layout, and the OpenAI preprocessing (torchvision 0.14 tensor
   ``Resize`` = bicubic without antialiasing, ``CenterCrop``, ``Normalize``).
+* CUDA: ODISE's ``Fourier_filter`` (ldm.py:37-53) builds its mask with ``.cuda()``; inside
+  :func:`official_modules` on a machine without CUDA, ``Tensor.cuda`` returns the tensor
+  unchanged, so the official filter runs as written, on the CPU.
 * detectron2 (``Backbone`` = ``nn.Module``, ``ImageList.from_tensors`` = zero-pad to the
   divisibility and stack, ``comm``), torchvision, timm, omegaconf, einops (the two patterns
   ``ClipAdapter`` uses), iopath: import stubs.
@@ -230,12 +233,15 @@ def official_modules(clip: nn.Module | None = None) -> Iterator[dict[str, types.
     tests)."""
     require_reference()
     saved = dict(sys.modules)
+    cuda = torch.Tensor.cuda
     packages = {
         "odise": ODISE, "odise.modeling": ODISE / "modeling",
         "odise.modeling.meta_arch": ODISE / "modeling" / "meta_arch",
         "odise.modeling.backbone": ODISE / "modeling" / "backbone",
     }
     try:
+        if not torch.cuda.is_available():
+            torch.Tensor.cuda = lambda self, *args, **kwargs: self
         sys.modules.update(_stubs(clip))
         for name, path in packages.items():  # packages without their heavy __init__
             sys.modules[name] = _module(name, __path__=[str(path)])
@@ -247,6 +253,7 @@ def official_modules(clip: nn.Module | None = None) -> Iterator[dict[str, types.
                          "diffusion")
         }
     finally:
+        torch.Tensor.cuda = cuda
         for name in set(sys.modules) - set(saved):
             del sys.modules[name]
         sys.modules.update(saved)

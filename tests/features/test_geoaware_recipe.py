@@ -15,7 +15,7 @@ import torch
 pytest.importorskip("diffusers")
 
 from odise_official import official_backbone, official_modules, require_reference  # noqa: E402
-from tiny_models import _save_tiny_clip_tokenizer, one_thread  # noqa: E402, F401
+from tiny_models import one_thread, save_tiny_text_encoder  # noqa: E402, F401
 
 from semcorr import create_backbone  # noqa: E402
 from semcorr.errors import InputError, WeightsError  # noqa: E402
@@ -34,7 +34,6 @@ def save_recipe_sd(folder: Path, widths: tuple[int, ...] = (32, 32, 64, 64), gro
     U-Net's ``widths``. Cross-attention sits at 1/2 and 1/4 of the latent only (SD 1.5 also
     has it at full latent size, where it would cost most of the test's time)."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
@@ -54,12 +53,7 @@ def save_recipe_sd(folder: Path, widths: tuple[int, ...] = (32, 32, 64, 64), gro
         latent_channels=4,
     )
     vae.save_pretrained(folder / "vae")
-    text = CLIPTextModel(CLIPTextConfig(
-        hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-        vocab_size=64, max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1,
-    ))
-    text.save_pretrained(folder / "text_encoder")
-    _save_tiny_clip_tokenizer(folder / "tokenizer")
+    save_tiny_text_encoder(folder)
     DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                   clip_sample=False).save_pretrained(folder / "scheduler")
     return folder

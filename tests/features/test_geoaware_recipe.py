@@ -175,8 +175,9 @@ def test_recipe_equals_official_with_captioner(recipe_dir: Path, size: int,
     n = size // 16  # SD 1.5: 640, 1280, 1280 channels
     assert {k: tuple(v.shape) for k, v in got.items()} == {
         "s3": (1, 32, n, n), "s4": (1, 64, n // 2, n // 2), "s5": (1, 64, n // 4, n // 4)}
-    for name in ("s3", "s4", "s5"):
-        assert relative_error(got[name], expected[name]) <= RTOL, name
+    errors = {k: relative_error(got[k], expected[k]) for k in got}
+    print(f"recipe vs official at {size} px, relative error:", errors)
+    assert max(errors.values()) <= RTOL
 
 
 def test_empty_captioner_is_a_measured_deviation(recipe_dir: Path,

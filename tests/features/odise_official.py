@@ -112,7 +112,8 @@ class _Resize:
         h, w = x.shape[-2:]
         if isinstance(self.size, int):
             short = min(h, w)
-            out = (round(h * self.size / short), round(w * self.size / short))
+            out = (self.size if h == short else int(self.size * h / short),
+                   self.size if w == short else int(self.size * w / short))
         else:
             out = tuple(self.size)
         if out == (h, w):

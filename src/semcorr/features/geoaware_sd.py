@@ -124,7 +124,8 @@ class ImplicitCaptioner(nn.Module):
         size = self.clip_size
         h, w = images.shape[-2:]
         short = min(h, w)
-        resized = (round(h * size / short), round(w * size / short))
+        resized = (size if h == short else int(size * h / short),
+                   size if w == short else int(size * w / short))
         if resized != (h, w):
             images = F.interpolate(images, size=resized, mode="bicubic", align_corners=False)
         top, left = (resized[0] - size) // 2, (resized[1] - size) // 2

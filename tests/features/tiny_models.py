@@ -16,6 +16,7 @@ __all__ = [
     "save_tiny_dinov3",
     "save_tiny_sam",
     "save_tiny_stable_diffusion",
+    "save_tiny_text_encoder",
 ]
 
 
@@ -203,11 +204,23 @@ def _save_tiny_clip_tokenizer(folder: Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
+def save_tiny_text_encoder(folder: Path) -> None:
+    """A tiny CLIP text encoder and tokenizer in ``folder/text_encoder`` and
+    ``folder/tokenizer`` (16 tokens, width 32)."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    text = CLIPTextModel(CLIPTextConfig(
+        hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+        vocab_size=64, max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+    ))
+    text.save_pretrained(folder / "text_encoder")
+    _save_tiny_clip_tokenizer(folder / "tokenizer")
+
+
 def save_tiny_stable_diffusion(folder: Path, seed: int = 0) -> Path:
     """A tiny SD pipeline in the diffusers folder layout (unet/ vae/ text_encoder/ tokenizer/
     scheduler/), random weights; 3 up-blocks of 3 resnets, VAE factor 2."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
@@ -227,12 +240,7 @@ def save_tiny_stable_diffusion(folder: Path, seed: int = 0) -> Path:
         norm_num_groups=8, layers_per_block=1,
     )
     vae.save_pretrained(folder / "vae")
-    text = CLIPTextModel(CLIPTextConfig(
-        hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-        vocab_size=64, max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1,
-    ))
-    text.save_pretrained(folder / "text_encoder")
-    _save_tiny_clip_tokenizer(folder / "tokenizer")
+    save_tiny_text_encoder(folder)
     DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                   clip_sample=False, set_alpha_to_one=False).save_pretrained(folder / "scheduler")
     return folder

@@ -54,7 +54,8 @@ def test_presets_hold_published_numbers():
     assert dict(zero.published)["spair_pck@0.10_per_keypoint"] == 65.4
     assert zero.window == 5 and zero.pose_align and zero.head == "geoaware-zero-shot"
     assert PRESETS["spair"].window == 7 and PRESETS["spair"].init == "ap10k"
-    assert backbone_options_for_head("geoaware", "sd+dino") == {"mode": "raw"}
+    assert backbone_options_for_head("geoaware", "sd+dino") == {"mode": "raw",
+                                                                "recipe": "geoaware"}
     with pytest.raises(UnknownNameError):
         get_preset("nope")
 

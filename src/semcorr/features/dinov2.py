@@ -4,8 +4,12 @@ Names: ``dinov2_vit{s,b,l,g}14`` and ``dinov2_vit{s,b,l,g}14_reg``. Weights are 
 (default ``facebook/dinov2-<size>`` / ``facebook/dinov2-with-registers-<size>``), a folder written
 by ``save_pretrained``, or an official torch-hub checkpoint file (``dinov2_vitb14_pretrain.pth``
 key layout: ``blocks.N.attn.qkv.weight``, ``ls1.gamma``, ``pos_embed``, ``register_tokens``...)
-converted on load into the ``transformers`` model, so every source runs the same forward
-(position embeddings resized by ``transformers``' own bicubic interpolation).
+converted on load into the ``transformers`` model, so every source runs the same forward.
+Position embeddings are resized by ``transformers``' own bicubic interpolation (to the output
+size), or with ``pos_interpolation="official"`` by the official torch-hub model's rule, which
+GeoAware-SC's extractor runs: bicubic by the scale factor ``(n + 0.1) / M`` (``n`` patches per
+side of the input, ``M`` of the pretraining grid), float32, no antialiasing (the models with
+registers: offset 0, antialiased, as their hub entries set).
 
 The feature map is the token output of one block (default: the last, before the final norm, as
 GeoAware-SC reads block 11 of ViT-B/14), with the CLS and register tokens dropped and the patch
@@ -15,7 +19,9 @@ tokens reshaped row-major into ``(B, C, h, w)``: cell ``(i, j)`` is the patch at
 
 from __future__ import annotations
 
+import math
 import re
+import types
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +46,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DINOV2_LICENSE = "Apache-2.0 (facebookresearch/dinov2 code and weights)"
 _HEAD_DIM = 64  # every official DINOv2 ViT has 64-dim heads
+POS_INTERPOLATIONS = ("transformers", "official")
+#: The official models' ``interpolate_offset`` (DINOv2 ViT-S/B/L/g without registers).
+OFFICIAL_INTERPOLATE_OFFSET = 0.1
 
 
 @dataclass(frozen=True)
@@ -276,6 +285,44 @@ def convert_dinov2_checkpoint(
     return config, converted
 
 
+def interpolate_pos_official(position: torch.Tensor, rows: int, cols: int,
+                             offset: float = OFFICIAL_INTERPOLATE_OFFSET,
+                             antialias: bool = False) -> torch.Tensor:
+    """Position embeddings for a ``rows`` × ``cols`` patch grid by the official DINOv2 rule.
+
+    Args:
+        position: ``(1, 1 + M * M, D)``, the CLS position first.
+        rows, cols: patches per column and per row of the input.
+        offset: added to the grid size before the scale factor is taken.
+        antialias: antialiased bicubic (the official models with registers).
+
+    Returns:
+        ``(1, 1 + rows * cols, D)`` in ``position``'s dtype (``position`` itself at the
+        pretraining grid).
+    """
+    m = math.isqrt(position.shape[1] - 1)
+    if rows == cols == m:
+        return position
+    grid = position[:, 1:].float().reshape(1, m, m, -1).permute(0, 3, 1, 2)
+    grid = torch.nn.functional.interpolate(
+        grid, scale_factor=((rows + offset) / m, (cols + offset) / m), mode="bicubic",
+        antialias=antialias)
+    if tuple(grid.shape[-2:]) != (rows, cols):
+        raise InputError(f"position grid {tuple(grid.shape[-2:])} != {rows}x{cols} patches")
+    grid = grid.permute(0, 2, 3, 1).reshape(1, rows * cols, -1)
+    return torch.cat([position[:, :1].float(), grid], dim=1).to(position.dtype)
+
+
+def _official_interpolation(self: nn.Module, embeddings: torch.Tensor, height: int,
+                            width: int) -> torch.Tensor:
+    """Replaces ``Dinov2Embeddings.interpolate_pos_encoding`` (bound to the instance, whose
+    ``_semcorr_interpolation`` holds ``(offset, antialias)``)."""
+    p = self.patch_embeddings.patch_size
+    p = p if isinstance(p, int) else p[0]
+    return interpolate_pos_official(self.position_embeddings, height // p, width // p,
+                                    *self._semcorr_interpolation)
+
+
 def _load_hf_dinov2(source: WeightsSource, registers: bool) -> nn.Module:
     from transformers import AutoConfig, Dinov2Model, Dinov2WithRegistersModel
 
@@ -333,6 +380,7 @@ def create_dinov2(
     final_norm: bool = False,
     precision: str = "fp32",
     num_heads: int | None = None,
+    pos_interpolation: str = "transformers",
 ) -> HFViTBackbone:
     """Build the DINOv2 backbone ``name`` (see :data:`DINOV2_VARIANTS`).
 
@@ -345,8 +393,12 @@ def create_dinov2(
         final_norm: apply the final LayerNorm (off: tokens before the norm).
         precision: ``fp32``, ``bf16`` or ``fp16`` autocast.
         num_heads: attention heads of an official checkpoint (default: width / 64).
+        pos_interpolation: ``"transformers"`` or ``"official"`` (the torch-hub models' rule,
+            as GeoAware-SC runs it; see the module docstring).
     """
     variant = DINOV2_VARIANTS[name]
+    if pos_interpolation not in POS_INTERPOLATIONS:
+        raise InputError(f"{name}: pos_interpolation must be one of {POS_INTERPOLATIONS}")
     if num_patches < 1:
         raise InputError(f"{name}: num_patches must be positive, got {num_patches}")
     source = resolve_weights(weights, name=name, default=variant.hub_id)
@@ -356,8 +408,14 @@ def create_dinov2(
         if num_heads is not None:
             raise InputError(f"{name}: num_heads applies to official checkpoint files only")
         model = _load_hf_dinov2(source, variant.registers)
+    if pos_interpolation == "official":
+        model.embeddings._semcorr_interpolation = (
+            (0.0, True) if variant.registers else (OFFICIAL_INTERPOLATE_OFFSET, False))
+        model.embeddings.interpolate_pos_encoding = types.MethodType(
+            _official_interpolation, model.embeddings)
     config = model.config
     info = vit_info(name, config, num_patches, layer, source.location, DINOV2_LICENSE)
+    info.extra["pos_interpolation"] = pos_interpolation
     return HFViTBackbone(
         model,
         info=info,

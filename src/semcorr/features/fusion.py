@@ -181,6 +181,9 @@ def sd_dino(
     dino_weights: str | None = None,
     sd_options: Mapping[str, Any] | None = None,
     dino_options: Mapping[str, Any] | None = None,
+    recipe: str | None = None,
+    captioner: str | None = None,
+    captioner_clip: str | None = None,
 ) -> SDDinoFusion:
     """SD + DINO fusion (GeoAware-SC defaults: SD 1.5 parts s3/s4/s5 at 960 px, DINOv2 ViT-B/14
     last block at 840 px).
@@ -192,13 +195,24 @@ def sd_dino(
         sd, dino: registry names of the two backbones.
         sd_weights, dino_weights: override each backbone's weights.
         sd_options, dino_options: options passed to each backbone.
+        recipe: ``"geoaware"``: GeoAware-SC's released feature recipe on both sides (the SD
+            recipe of :mod:`semcorr.features.geoaware_sd`, DINOv2 with the official position
+            interpolation); ``None``: each backbone's own defaults.
+        captioner, captioner_clip: the SD recipe's captioner (see ``create_backbone("sd15")``).
     """
     if mode not in FUSION_MODES:
         raise InputError(f"sd+dino: mode must be one of {FUSION_MODES}, got {mode!r}")
-    sd_model = create_backbone(sd, weights=_sub_weights(weights, sd_weights, sd),
-                               **dict(sd_options or {}))
+    sd_options, dino_options = dict(sd_options or {}), dict(dino_options or {})
+    if recipe is not None:
+        given = {"captioner": captioner, "captioner_clip": captioner_clip}
+        sd_options = {"recipe": recipe, **{k: v for k, v in given.items() if v is not None},
+                      **sd_options}
+        dino_options = {"pos_interpolation": "official", **dino_options}
+    elif captioner is not None or captioner_clip is not None:
+        raise InputError("sd+dino: captioner and captioner_clip need recipe='geoaware'")
+    sd_model = create_backbone(sd, weights=_sub_weights(weights, sd_weights, sd), **sd_options)
     if not hasattr(sd_model, "feature_parts"):
         raise InputError(f"sd+dino: {sd!r} has no named parts")
     dino_model = create_backbone(dino, weights=_sub_weights(weights, dino_weights, dino),
-                                 **dict(dino_options or {}))
+                                 **dino_options)
     return SDDinoFusion(sd_model, dino_model, mode)

@@ -19,6 +19,12 @@ A part is named by where it is read:
   residual block, i.e. the previous layer's output *before* the skip connection is concatenated
   (after FreeU's scaling when FreeU is on).
 
+FreeU is placed as in ODISE (GeoAware-SC's copy), not as in diffusers' ``enable_freeu``: before
+every skip concat of the decoder, where the decoder state has the U-Net's widest channel count
+(1280 in SD 1.x/2.x: LDM output blocks 0-6) its first half is scaled by ``b1`` and the skip is
+Fourier-filtered with ``s1``; where it has the next width (640: blocks 7-9), ``b2`` and ``s2``.
+A part read at that concat is the scaled state (ODISE stores the tensor, then scales it in place).
+
 GeoAware-SC's three maps (LDM ``output_blocks`` 2, 5 and 8) are :data:`GEOAWARE_PARTS`: for a
 960 px SD 1.5 input, ``s3`` 640 ch at 1/16 (60²), ``s4`` 1280 ch at 1/32, ``s5`` 1280 ch at 1/64.
 """
@@ -30,6 +36,7 @@ import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -109,10 +116,14 @@ class _StopForward(Exception):
 
 @dataclass
 class _PartRead:
-    """One U-Net pass reading parts: the hooked module's id → (part name, channels kept)."""
+    """One U-Net pass reading parts: the hooked module's id → (part name, channels kept), the
+    FreeU factors of the pass (or ``None``) and an offset ``(N, D_t)`` added to the time
+    embedding (or ``None``)."""
 
     parts: dict[int, tuple[str, int | None]]
     store: dict[str, torch.Tensor]
+    freeu: Mapping[str, float] | None = None
+    time_offset: torch.Tensor | None = None
 
 
 #: Per thread: ``read``, the :class:`_PartRead` of the pass running in that thread (if any).
@@ -132,6 +143,68 @@ def _read_part(module: nn.Module, args: tuple, kwargs: dict) -> None:
     read.store[name] = hidden if channels is None else hidden[:, :channels]
     if len(read.store) == len(read.parts):
         raise _StopForward
+
+
+def fourier_filter(x: torch.Tensor, threshold: int, scale: float) -> torch.Tensor:
+    """FreeU's skip filter: scale the ``2 threshold`` × ``2 threshold`` lowest frequencies.
+
+    Args:
+        x: ``(B, C, H, W)``.
+
+    Returns:
+        ``(B, C, H, W)`` in ``x``'s dtype; the FFT runs in float32 (or float64 for float64 input)
+        on ``x``'s device.
+    """
+    work = x if x.dtype == torch.float64 else x.float()
+    freq = torch.fft.fftshift(torch.fft.fftn(work, dim=(-2, -1)), dim=(-2, -1))
+    h, w = x.shape[-2:]
+    mask = torch.ones((h, w), device=x.device, dtype=work.dtype)
+    mask[h // 2 - threshold: h // 2 + threshold, w // 2 - threshold: w // 2 + threshold] = scale
+    freq = torch.fft.ifftshift(freq * mask, dim=(-2, -1))
+    return torch.fft.ifftn(freq, dim=(-2, -1)).real.to(x.dtype)
+
+
+def _freeu(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+    """Forward pre-hook on a decoder resnet (input = ``cat([state, skip])``): FreeU as ODISE
+    places it, for the pass running in this thread if it asked for FreeU (see the module
+    docstring). ``module._semcorr_freeu`` = (state channels, stage 1 or 2, or 0 for none)."""
+    read = getattr(_ACTIVE, "read", None)
+    channels, stage = module._semcorr_freeu
+    if read is None or not read.freeu or not stage:
+        return None
+    x = args[0] if args else kwargs["input_tensor"]
+    b, s = read.freeu[f"b{stage}"], read.freeu[f"s{stage}"]
+    half = channels // 2
+    x = torch.cat([x[:, :half] * b, x[:, half:channels],
+                   fourier_filter(x[:, channels:], threshold=1, scale=s)], dim=1)
+    if args:
+        return (x, *args[1:]), kwargs
+    return args, {**kwargs, "input_tensor": x}
+
+
+def _add_time_offset(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+    """Forward hook on the time embedding: add the pass's offset (ODISE's captioner)."""
+    read = getattr(_ACTIVE, "read", None)
+    if read is None or read.time_offset is None:
+        return None
+    return output + read.time_offset.to(output.dtype)
+
+
+def install_freeu_hooks(unet: nn.Module) -> None:
+    """Put :func:`_freeu` (first in line, so parts read after it) on every decoder resnet and
+    :func:`_add_time_offset` on the time embedding, once. Inert unless a pass asks for them."""
+    widths = sorted(set(unet.config.block_out_channels), reverse=True)
+    stages = {widths[0]: 1, **({widths[1]: 2} if len(widths) > 1 else {})}
+    state = unet.config.block_out_channels[-1]  # the mid-block's output
+    for block in unet.up_blocks:
+        for resnet in block.resnets:
+            if not hasattr(resnet, "_semcorr_freeu"):
+                resnet._semcorr_freeu = (state, stages.get(state, 0))
+                resnet.register_forward_pre_hook(_freeu, with_kwargs=True, prepend=True)
+            state = resnet.out_channels
+    if not getattr(unet.time_embedding, "_semcorr_time_offset", False):
+        unet.time_embedding.register_forward_hook(_add_time_offset)
+        unet.time_embedding._semcorr_time_offset = True
 
 
 class StableDiffusionFeatures(Backbone):
@@ -176,9 +249,9 @@ class StableDiffusionFeatures(Backbone):
         self.seed = seed
         self.ensemble = ensemble
         self.precision = precision
+        self.freeu = None if not freeu else {k: float(freeu[k]) for k in ("s1", "s2", "b1", "b2")}
+        install_freeu_hooks(unet)
         self._install_hooks()
-        if freeu:
-            unet.enable_freeu(**{k: float(freeu[k]) for k in ("s1", "s2", "b1", "b2")})
 
     def noise(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         """The fixed noise draws ``(ensemble, C, h, w)`` for latents of ``shape[1:]``."""
@@ -215,14 +288,15 @@ class StableDiffusionFeatures(Backbone):
                     module.register_forward_pre_hook(_read_part, with_kwargs=True)
                     module._semcorr_reads_parts = True
 
-    def unet_parts(self, latents: torch.Tensor, context: torch.Tensor | None = None
-                   ) -> dict[str, torch.Tensor]:
+    def unet_parts(self, latents: torch.Tensor, context: torch.Tensor | None = None,
+                   time_offset: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Parts read from one U-Net pass over noisy ``latents`` ``(N, 4, h, w)``.
 
         Args:
             latents: ``(N, 4, h, w)``.
             context: conditioning ``(N, T, D)`` or ``(1, T, D)``; ``None``: the prompt's
                 embedding.
+            time_offset: ``(N, D_t)`` added to the time embedding, or ``None``.
         """
         n = latents.shape[0]
         t = torch.full((n,), self.timestep, device=latents.device, dtype=torch.long)
@@ -230,7 +304,7 @@ class StableDiffusionFeatures(Backbone):
         if context.shape[0] not in (1, n):
             raise InputError(f"{self.info.name}: {context.shape[0]} conditionings for {n} latents")
         context = context.to(latents.dtype).expand(n, -1, -1)
-        read = _PartRead(self._part_modules(), {})
+        read = _PartRead(self._part_modules(), {}, self.freeu, time_offset)
         outer, _ACTIVE.read = getattr(_ACTIVE, "read", None), read
         try:
             self.unet(latents, t, encoder_hidden_states=context)
@@ -355,6 +429,9 @@ def create_stable_diffusion(
     prompt: str = "",
     freeu: Mapping[str, float] | None = None,
     precision: str = "fp32",
+    recipe: str | None = None,
+    captioner: str | None = None,
+    captioner_clip: str | None = None,
 ) -> StableDiffusionFeatures:
     """Build the Stable Diffusion backbone ``name`` (``sd15`` or ``sd21``).
 
@@ -370,8 +447,21 @@ def create_stable_diffusion(
         prompt: conditioning text (empty prompt by default).
         freeu: FreeU factors (e.g. :data:`FREEU_GEOAWARE`) or ``None``.
         precision: ``fp32``, ``bf16`` or ``fp16`` autocast.
+        recipe: ``"geoaware"``: GeoAware-SC's released recipe
+            (:mod:`semcorr.features.geoaware_sd`), which fixes parts, timestep, seed, ensemble,
+            prompt and FreeU; ``None``: one pass at ``image_size`` with the options above.
+        captioner: with the recipe: ODISE's checkpoint file (``odise_label_coco_50e-*.pth``)
+            holding the implicit captioner, or ``"empty"`` for the empty prompt alone.
+        captioner_clip: the captioner's CLIP (hub id or folder; default ODISE's ViT-L/14-336).
     """
     variant = SD_VARIANTS[name]
+    if recipe is not None:
+        freeu, seed = _check_recipe(name, recipe, captioner, parts=parts is None,
+                                    timestep=timestep == 50, seed=seed == 0,
+                                    ensemble=ensemble == 1, prompt=prompt == "",
+                                    freeu=freeu is None)
+    elif captioner is not None or captioner_clip is not None:
+        raise InputError(f"{name}: captioner and captioner_clip need recipe='geoaware'")
     if precision not in PRECISIONS:
         raise InputError(f"{name}: precision must be one of {sorted(PRECISIONS)}")
     if ensemble < 1:
@@ -405,11 +495,44 @@ def create_stable_diffusion(
         license=variant.license,
         extra={"part_strides": strides, "timestep": timestep, "ensemble": ensemble},
     )
-    return StableDiffusionFeatures(
-        unet, vae, scheduler, _text_embedding(source, prompt),
-        info=info, parts=parts, timestep=timestep, seed=seed, ensemble=ensemble,
-        freeu=freeu, precision=precision,
-    )
+    options = dict(info=info, parts=parts, timestep=timestep, seed=seed, ensemble=ensemble,
+                   freeu=freeu, precision=precision)
+    embedding = _text_embedding(source, prompt)
+    if recipe is None:
+        return StableDiffusionFeatures(unet, vae, scheduler, embedding, **options)
+    from semcorr.features import geoaware_sd as recipe_module
+
+    extra = {"recipe": recipe, "captioner": captioner if captioner == "empty" else "odise"}
+    info.extra.update(extra)
+    model = None if captioner == "empty" else recipe_module.load_captioner(
+        str(captioner), captioner_clip or recipe_module.CLIP_HUB_ID, embedding,
+        unet.time_embedding.linear_2.out_features)
+    return recipe_module.GeoAwareSDFeatures(
+        unet, vae, scheduler, embedding, captioner=model,
+        crop=recipe_module.GEOAWARE_SD["crop"],
+        noise_shape=recipe_module.GEOAWARE_SD["noise_shape"], **options)
+
+
+def _check_recipe(name: str, recipe: str, captioner: str | None,
+                  **left_default: bool) -> tuple[dict[str, float], int]:
+    """Check the options of ``recipe`` (``"geoaware"``); return its FreeU factors and seed.
+
+    Raises:
+        InputError: for another recipe or an option the recipe fixes.
+        WeightsError: without captioner weights (saying what to download).
+    """
+    from semcorr.features.geoaware_sd import CAPTIONER_DOWNLOAD, GEOAWARE_SD
+
+    if recipe != "geoaware":
+        raise InputError(f"{name}: unknown recipe {recipe!r} (known: 'geoaware')")
+    fixed = sorted(k for k, ok in left_default.items() if not ok)
+    if fixed:
+        raise InputError(f"{name}: recipe 'geoaware' fixes {', '.join(fixed)}; leave them out")
+    if captioner is None:
+        raise WeightsError(f"{name}: {CAPTIONER_DOWNLOAD}")
+    if captioner != "empty" and not Path(captioner).expanduser().is_file():
+        raise WeightsError(f"{captioner}: no such captioner file; {CAPTIONER_DOWNLOAD}")
+    return dict(FREEU_GEOAWARE), GEOAWARE_SD["seed"]
 
 
 register_variants(SD_VARIANTS, create_stable_diffusion, "Stable Diffusion")

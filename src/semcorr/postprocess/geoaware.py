@@ -141,8 +141,8 @@ def geoaware_zero_shot_head(
     return ZeroShotFusion(feature_dims, dino_parts)
 
 
-for _head in ("geoaware", "geoaware-zero-shot"):
-    set_backbone_options(_head, "sd+dino", mode="raw")
+for _head in ("geoaware", "geoaware-zero-shot"):  # the features the released head was fed
+    set_backbone_options(_head, "sd+dino", mode="raw", recipe="geoaware")
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,12 @@ from torch import nn
 from semcorr.conventions import check_shape
 from semcorr.errors import InputError, WeightsError
 from semcorr.features.base import autocast
-from semcorr.features.stable_diffusion import StableDiffusionFeatures
+from semcorr.features.stable_diffusion import (
+    FREEU_GEOAWARE,
+    SD_RECIPES,
+    SDRecipe,
+    StableDiffusionFeatures,
+)
 from semcorr.hub import load_from_pretrained, load_state_dict, resolve_weights
 
 __all__ = [
@@ -260,3 +265,39 @@ class GeoAwareSDFeatures(StableDiffusionFeatures):
                         sums[name][(..., *window)] += part.float()
                         counts[name][window] += 1
         return {name: (sums[name] / counts[name]).to(images.dtype) for name in self.parts}
+
+
+def _check(name: str, captioner: str | None, **left_default: bool
+           ) -> tuple[dict[str, float], int]:
+    """The recipe fixes parts, timestep, seed, ensemble, prompt and FreeU; it needs captioner
+    weights (or the explicit ``"empty"``). Returns its FreeU factors and seed.
+
+    Raises:
+        InputError: for an option the recipe fixes.
+        WeightsError: without captioner weights (saying what to download).
+    """
+    fixed = sorted(k for k, ok in left_default.items() if not ok)
+    if fixed:
+        raise InputError(f"{name}: recipe 'geoaware' fixes {', '.join(fixed)}; leave them out")
+    if captioner is None:
+        raise WeightsError(f"{name}: {CAPTIONER_DOWNLOAD}")
+    if captioner != "empty" and not Path(captioner).expanduser().is_file():
+        raise WeightsError(f"{captioner}: no such captioner file; {CAPTIONER_DOWNLOAD}")
+    return dict(FREEU_GEOAWARE), GEOAWARE_SD["seed"]
+
+
+def _build(unet: nn.Module, vae: nn.Module, scheduler: Any, embedding: torch.Tensor,
+           info: Any, options: dict[str, Any], captioner: str | None,
+           captioner_clip: str | None) -> GeoAwareSDFeatures:
+    """The recipe's backbone over loaded Stable Diffusion modules."""
+    info.extra.update({"recipe": "geoaware",
+                       "captioner": captioner if captioner == "empty" else "odise"})
+    model = None if captioner == "empty" else load_captioner(
+        str(captioner), captioner_clip or CLIP_HUB_ID, embedding,
+        unet.time_embedding.linear_2.out_features)
+    return GeoAwareSDFeatures(unet, vae, scheduler, embedding, captioner=model,
+                              crop=GEOAWARE_SD["crop"], noise_shape=GEOAWARE_SD["noise_shape"],
+                              **options)
+
+
+SD_RECIPES["geoaware"] = SDRecipe(check=_check, build=_build)

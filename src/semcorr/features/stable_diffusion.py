@@ -34,9 +34,8 @@ from __future__ import annotations
 import math
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -65,6 +64,27 @@ GEOAWARE_PARTS: dict[str, str] = {
 }
 #: FreeU factors of GeoAware-SC's copy of ODISE.
 FREEU_GEOAWARE: dict[str, float] = {"s1": 0.9, "s2": 0.2, "b1": 1.2, "b2": 1.4}
+
+
+@dataclass(frozen=True)
+class SDRecipe:
+    """A named feature recipe of ``create_stable_diffusion(..., recipe=NAME)``, registered in
+    :data:`SD_RECIPES` by the module that defines it (e.g. :mod:`semcorr.features.geoaware_sd`).
+
+    Attributes:
+        check: ``(name, captioner, **left_default) → (freeu, seed)``: refuses options the
+            recipe fixes (``left_default`` says which were left at their defaults) and returns
+            the recipe's FreeU factors and seed.
+        build: ``(unet, vae, scheduler, embedding, info, options, captioner, captioner_clip)``
+            → the backbone.
+    """
+
+    check: Callable[..., tuple[dict[str, float], int]]
+    build: Callable[..., StableDiffusionFeatures]
+
+
+#: Named feature recipes (``recipe=`` of the Stable Diffusion backbones).
+SD_RECIPES: dict[str, SDRecipe] = {}
 
 _PART = re.compile(r"^up_blocks\.(\d+)(?:\.resnets\.(\d+))?$")
 
@@ -456,10 +476,13 @@ def create_stable_diffusion(
     """
     variant = SD_VARIANTS[name]
     if recipe is not None:
-        freeu, seed = _check_recipe(name, recipe, captioner, parts=parts is None,
-                                    timestep=timestep == 50, seed=seed == 0,
-                                    ensemble=ensemble == 1, prompt=prompt == "",
-                                    freeu=freeu is None)
+        if recipe not in SD_RECIPES:
+            raise InputError(f"{name}: unknown recipe {recipe!r} (known: "
+                             f"{', '.join(sorted(SD_RECIPES)) or 'none'})")
+        freeu, seed = SD_RECIPES[recipe].check(name, captioner, parts=parts is None,
+                                               timestep=timestep == 50, seed=seed == 0,
+                                               ensemble=ensemble == 1, prompt=prompt == "",
+                                               freeu=freeu is None)
     elif captioner is not None or captioner_clip is not None:
         raise InputError(f"{name}: captioner and captioner_clip need recipe='geoaware'")
     if precision not in PRECISIONS:
@@ -500,39 +523,8 @@ def create_stable_diffusion(
     embedding = _text_embedding(source, prompt)
     if recipe is None:
         return StableDiffusionFeatures(unet, vae, scheduler, embedding, **options)
-    from semcorr.features import geoaware_sd as recipe_module
-
-    extra = {"recipe": recipe, "captioner": captioner if captioner == "empty" else "odise"}
-    info.extra.update(extra)
-    model = None if captioner == "empty" else recipe_module.load_captioner(
-        str(captioner), captioner_clip or recipe_module.CLIP_HUB_ID, embedding,
-        unet.time_embedding.linear_2.out_features)
-    return recipe_module.GeoAwareSDFeatures(
-        unet, vae, scheduler, embedding, captioner=model,
-        crop=recipe_module.GEOAWARE_SD["crop"],
-        noise_shape=recipe_module.GEOAWARE_SD["noise_shape"], **options)
-
-
-def _check_recipe(name: str, recipe: str, captioner: str | None,
-                  **left_default: bool) -> tuple[dict[str, float], int]:
-    """Check the options of ``recipe`` (``"geoaware"``); return its FreeU factors and seed.
-
-    Raises:
-        InputError: for another recipe or an option the recipe fixes.
-        WeightsError: without captioner weights (saying what to download).
-    """
-    from semcorr.features.geoaware_sd import CAPTIONER_DOWNLOAD, GEOAWARE_SD
-
-    if recipe != "geoaware":
-        raise InputError(f"{name}: unknown recipe {recipe!r} (known: 'geoaware')")
-    fixed = sorted(k for k, ok in left_default.items() if not ok)
-    if fixed:
-        raise InputError(f"{name}: recipe 'geoaware' fixes {', '.join(fixed)}; leave them out")
-    if captioner is None:
-        raise WeightsError(f"{name}: {CAPTIONER_DOWNLOAD}")
-    if captioner != "empty" and not Path(captioner).expanduser().is_file():
-        raise WeightsError(f"{captioner}: no such captioner file; {CAPTIONER_DOWNLOAD}")
-    return dict(FREEU_GEOAWARE), GEOAWARE_SD["seed"]
+    return SD_RECIPES[recipe].build(unet, vae, scheduler, embedding, info, options, captioner,
+                                    captioner_clip)
 
 
 register_variants(SD_VARIANTS, create_stable_diffusion, "Stable Diffusion")

@@ -6,14 +6,9 @@ One idea per module: :mod:`~semcorr.train.r2d2.sampling` (the flow and the pixel
 :mod:`~semcorr.train.r2d2.synthetic` (synthetic homography pairs and their MMA) and
 :mod:`~semcorr.train.r2d2.trainer` (configuration, loop, checkpoints).
 
-Ground truth between two images is an *absolute flow* ``aflow`` ``(B, 2, H, W)``: for each
-pixel ``(x, y)`` of image 1, the position ``(x2, y2)`` of the same point in image 2 (pixel
-centres at integers, :mod:`semcorr.conventions`), ``nan`` where it has no partner.
-
-Samplers turn descriptors ``(B, D, H, W)`` of both images and the flow into a ranking problem:
-``scores`` ``(N, K)`` of N query pixels of image 1 against K candidates of image 2, ``labels``
-``(N, K)`` (True = correct partner), ``valid`` ``(N,)`` (the query has a partner) and the
-query's ``reliability`` ``(N,)`` when reliability maps are given.
+Ground truth between two images is an *absolute flow* ``aflow`` ``(B, 2, H, W)`` (for each pixel
+of image 1, its position in image 2); samplers turn it and the descriptors of both images into a
+ranking problem (both contracts: :mod:`semcorr.train.r2d2.sampling`).
 """
 
 from semcorr.train.r2d2.losses import (

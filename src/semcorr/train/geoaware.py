@@ -607,13 +607,14 @@ def _run(
         with torch.autocast(device.type, enabled=scaler.is_enabled()):
             pairs = [load_pair(cache, samples[i], config.feature_parts) for i in mine]
             loss = batch_loss(model, pairs, config, noise)
+        rate = optimizer.param_groups[0]["lr"]  # the rate this step uses
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
         if scheduler is not None:
             scheduler.step()
         history["loss"].append(float(loss.detach()))
-        numbers = {"loss": history["loss"][-1], "lr": optimizer.param_groups[0]["lr"]}
+        numbers = {"loss": history["loss"][-1], "lr": rate}
         done = step + 1
         if val and is_main() and (done % config.checkpoint_every == 0 or done == total):
             pck = validation_pck(head, val, config.eval_window, config.temperature,

@@ -27,6 +27,7 @@ import pytest
 import torch
 
 from semcorr.data import create_dataset
+from semcorr.data.ap10k import AP10K_FLIP_PAIRS
 from semcorr.data.spair import SPAIR_FLIP_PAIRS
 from semcorr.features.cache import FeatureCache
 from semcorr.geometry import ResizePad
@@ -281,12 +282,14 @@ def test_the_fixed_grid_is_the_untrained_released_grid(official, setup, monkeypa
 
 def test_flip_lists_are_the_released_training_lists(official):
     """The SPair-71k partners semcorr uses equal SPAIR_FLIP_TRN (same raw keypoint ids) for
-    the categories whose training list has no dummy offset."""
+    the categories whose training list has no dummy offset; the AP-10k ones AP10K_FLIP."""
     for category, flip_list in official.geo.SPAIR_FLIP_TRN.items():
         if category in ("bicycle", "bus"):  # "+2" dummy ids: see docs/reproduce-geoaware.md
             continue
         pairs = {tuple(sorted(item)) for item in flip_list if isinstance(item, list)}
         assert pairs == {tuple(sorted(p)) for p in SPAIR_FLIP_PAIRS[category]}, category
+    released = {tuple(sorted(i)) for i in official.geo.AP10K_FLIP if isinstance(i, list)}
+    assert released == {tuple(sorted(p)) for p in AP10K_FLIP_PAIRS}
 
 
 def test_annotation_frame_is_the_released_keypoint_frame(official):

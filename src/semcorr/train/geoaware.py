@@ -622,8 +622,8 @@ def _run(
             history["val_pck"].append([done, pck])
             numbers["val_pck"] = pck
             _keep_best(out, head, history, done, pck)
-        if config.eval_every and config.eval_dataset and done % config.eval_every == 0 \
-                and is_main():
+        if config.eval_every and config.eval_dataset and is_main() \
+                and (done % config.eval_every == 0 or done == total):  # as released
             results = _evaluate(config, out, data.backbone, head, done)
             if not val:
                 _keep_best(out, head, history, done, _eval_score(results, config.best_alpha))

@@ -17,14 +17,6 @@ from shared_data import shared_path
 STEPS = 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _run(root: Path, name: str, **extra: object) -> tuple[Path, list[dict[str, float]]]:
     settings = {
         "dataset": "synthetic", "root": shared_path("r2d2"), "out": root / name,
@@ -44,10 +36,15 @@ def _run(root: Path, name: str, **extra: object) -> tuple[Path, list[dict[str, f
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, list]]:
     root = tmp_path_factory.mktemp("released")
-    return {
-        "one_cycle": _run(root, "one_cycle"),
-        "constant": _run(root, "constant", scheduler="none", learn_grid="false"),
-    }
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small convolutions: extra threads only spin
+    try:
+        return {
+            "one_cycle": _run(root, "one_cycle"),
+            "constant": _run(root, "constant", scheduler="none", learn_grid="false"),
+        }
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_constant_rate_without_scheduler_and_one_cycle_with_it(runs):

@@ -2,9 +2,10 @@
 
 * :func:`info_nce_loss`: symmetric InfoNCE (CLIP-style cross-entropy both ways) between the
   descriptors of corresponding keypoints in two images;
-* :func:`flow_loss`: the dense objective — the mean distance, in feature cells, between the
-  window soft-argmax of each source keypoint's similarity map over the target and the target
-  keypoint (:func:`semcorr.match.rules.window_soft_argmax2d`, shared with evaluation);
+* :func:`flow_loss`: a dense objective on positions — the mean distance, in feature cells,
+  between the window soft-argmax of each source keypoint's similarity map over the target and
+  the target keypoint (:func:`semcorr.match.rules.window_soft_argmax2d`, shared with
+  evaluation);
 * :func:`gaussian_label_noise`: GeoAware-SC's noise on the target keypoints;
 * :func:`grid_soft_argmax2d` / :class:`SoftArgmaxGrid` and :func:`flow_epe_loss`: GeoAware-SC's
   released dense objective, a soft-argmax whose averaging grid is trained with the head, and the

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -87,7 +88,7 @@ class TestFlowLoss:
 
 def _sample(perm) -> PairSample:
     n = len(perm)
-    src = torch.tensor([[10.0, 20.0], [30.0, 20.0], [50.0, 60.0]])[:n]
+    src = torch.tensor([[15.0, 25.0], [35.0, 25.0], [55.0, 65.0]])[:n]
     return PairSample(
         source_path="a.png", target_path="b.png", source_points=src, target_points=src + 1,
         visible=torch.tensor([True, True, False])[:n], category="x", source_bbox=None,
@@ -96,23 +97,47 @@ def _sample(perm) -> PairSample:
     )
 
 
-def test_pair_views_apply_flip_and_permutation():
+def test_pair_views_follow_the_released_arithmetic():
+    # 100 x 80 image in the 840 frame: x * 8.4, y * 8.4 + 84 (centring pad); 10 cells / 840 px,
+    # so the source keypoints sit at cells (1.5, 3.5), (3.5, 3.5), (5.5, 7.5)
     t = ResizePad(100, 80, 100, 10)
     pair = LoadedPair(torch.zeros(4, 1, 10, 10), (t, t), _sample([1, 0, -1]))
     assert pair_views(pair, GeoAwareTrainConfig()).second.tolist() == [1, 3, 0]  # default
     views = pair_views(pair, GeoAwareTrainConfig(pair_augment=True, single_flip=1.0))
     assert views.first.tolist() == [0, 2, 2, 2] and views.second.tolist() == [1, 1, 3, 0]
     assert views.weights.tolist() == [1.0, 1.0, 1.0, 0.25]
-    # keypoint 0 in the mirrored source sits at the mirror of its partner 1: x = 99 - 30
-    torch.testing.assert_close(t.from_grid(views.cells0[1, 0]), torch.tensor([69.0, 20.0]))
-    torch.testing.assert_close(t.from_grid(views.cells1[2, 0]), torch.tensor([68.0, 21.0]))
-    torch.testing.assert_close(t.from_grid(views.cells1[3, 0]), torch.tensor([10.0, 20.0]))
-    assert views.valid[0].tolist() == [True, True, False]
-    assert views.valid[1].tolist() == [True, True, False]
-    # noise std = 0.1 * reference (100 px = 10 cells) / 2
-    torch.testing.assert_close(views.noise_std[0], torch.tensor(0.5))
+    assert views.sparse.tolist() == [True, False, False, False]  # flips: flow error only
+    assert views.dense.tolist() == [True] * 4
+    assert views.cells0[0].tolist() == [[1, 3], [3, 3], [5, 7]]  # int(cells)
+    # mirrored source: row 0 is the mirror (10 - x) of its partner, row 1
+    assert views.cells0[1, :2].tolist() == [[6, 3], [8, 3]]
+    torch.testing.assert_close(views.flow[0], torch.full((3, 2), 0.1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(views.flow[1, 0], torch.tensor([1.6 - 6.5, 0.1]), atol=1e-5,
+                               rtol=0)
+    torch.testing.assert_close(views.flow[2, 0], torch.tensor([6.4 - 6.5, 0.1]), atol=1e-5,
+                               rtol=0)
+    torch.testing.assert_close(views.flow[3, 0], torch.tensor([1.5 - 6.5, 0.0]), atol=1e-5,
+                               rtol=0)
+    assert views.valid.tolist() == [[True, True, False]] * 3 + [[True, True, True]]
+    # noise std = 0.1 * reference (100 px = 10 cells) / 2; the released PF-Pascal rule
+    # takes the 840-px image side as cells
+    torch.testing.assert_close(views.noise_std, torch.full((4,), 0.5))
+    image = pair_views(pair, GeoAwareTrainConfig(noise_reference="image"))
+    torch.testing.assert_close(image.noise_std, torch.full((3,), 42.0))
     plain = pair_views(pair, GeoAwareTrainConfig(pair_augment=False))
     assert plain.first.tolist() == [0]
+    assert pair_views(pair, GeoAwareTrainConfig(dense_weight=0)).sparse.tolist() == [True] * 3
+
+
+def test_self_flip_noise_comes_from_the_source_box():
+    t = ResizePad(100, 80, 100, 10)
+    sample = dataclasses.replace(
+        _sample([1, 0, -1]),
+        source_bbox=torch.tensor([0.0, 0.0, 50.0, 20.0]),  # 50 px → 5 cells
+        target_bbox=torch.tensor([10.0, 10.0, 30.0, 70.0]))  # 60 px → 6 cells
+    views = pair_views(LoadedPair(torch.zeros(4, 1, 10, 10), (t, t), sample),
+                       GeoAwareTrainConfig())
+    torch.testing.assert_close(views.noise_std, torch.tensor([0.3, 0.3, 0.25]))
 
 
 @dataclass

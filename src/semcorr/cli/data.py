@@ -17,7 +17,8 @@ def _prepare(args: argparse.Namespace) -> int:
 
     report = prepare(args.name, args.root, fetch=not args.verify_only, mirror=args.mirror,
                      keep_archives=args.keep_archives, seed=args.seed,
-                     progress=not args.quiet, crowd_list=args.crowd_list)
+                     progress=not args.quiet, crowd_list=args.crowd_list,
+                     split_files=args.split_files)
     for name in report["downloaded"]:
         print(f"downloaded {name} ({report['checksums'][name]})")
     for folder, count in report["built"].items():
@@ -66,5 +67,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     prep.add_argument("--crowd-list", default=None, metavar="FILE",
                       help="ap10k: file of image ids treated as crowded (e.g. GeoAware-SC's "
                       "ap-10k_is_crowd.txt); images with several annotations always are")
+    prep.add_argument("--split-files", default=None, metavar="DIR",
+                      help="ap10k: the released benchmark's PairAnnotation folder (or its "
+                      "parent); its pairs are used as they are instead of sampling new ones")
     prep.add_argument("--quiet", action="store_true", help="no progress bar")
     prep.set_defaults(func=_prepare)

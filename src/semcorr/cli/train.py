@@ -112,16 +112,17 @@ def _add_geoaware(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "geoaware",
         help="GeoAware-SC's post-processor on cached features",
-        description="Train GeoAware-SC's aggregation network (InfoNCE + dense soft-argmax "
-        "loss, pose-variant pair augmentation, AdamW one-cycle) on cached features; settings: "
-        "defaults < --preset < --config file < key=value overrides; resumable; runs under "
-        "torchrun.",
+        description="Train GeoAware-SC's aggregation network as released (InfoNCE + dense "
+        "soft-argmax flow loss with a trained grid, pose-variant pair augmentation, AdamW with "
+        "one-cycle or constant rate) on cached features; writes best.safetensors (best "
+        "validation PCK) and head.safetensors (last); settings: defaults < --preset < "
+        "--config file < key=value overrides; resumable; runs under torchrun.",
     )
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="settings, e.g. out=runs/spair root=data/SPair-71k steps=100")
     parser.add_argument("--config", default=None, help="YAML or JSON file of settings")
     parser.add_argument("--preset", default=None,
-                        help="paper setting: spair, pfpascal or ap10k")
+                        help="released configs/train_*.yaml: spair, pfpascal or ap10k")
     parser.set_defaults(func=_run_geoaware)
 
 

@@ -17,6 +17,11 @@ to be reproducible from one seed (the original walks the file system in director
    species, at most 900 (test) / 400 (val) per family, category = family;
    *cross-family*: for each pair of families, at most 30 (test) / 20 (val), category ``all``.
    The source/target order of each pair is drawn at random.
+
+With ``split_files`` (the released benchmark's pair files, ``PairAnnotation/<split>/
+<src>-<trg>:<category>.json`` holding ``src_json_path``/``trg_json_path``), steps 2 and 3 are
+skipped: the pairs are exactly the released ones, checked against the image annotations of
+step 1.
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ import numpy as np
 
 from semcorr.errors import InputError
 
-__all__ = ["SPLIT_SIZES", "build_ap10k_benchmark", "sample_pairs", "split_species"]
+__all__ = ["SPLIT_SIZES", "build_ap10k_benchmark", "copy_split_files", "sample_pairs",
+           "split_species"]
 
 SOURCES = ("train", "test", "val")
 #: (test, val) images per species; the rest is training.
@@ -147,8 +153,75 @@ def _write_pairs(root: Path, folder: str, pairs: list[tuple[str, str]], where: d
     return len(pairs)
 
 
+_IMAGE_ANNOTATION = "ImageAnnotation/"
+
+
+def _pair_files(folder: Path) -> list[Path]:
+    """The released pair files under ``folder`` (itself ``PairAnnotation`` or its parent)."""
+    folder = folder / "PairAnnotation" if (folder / "PairAnnotation").is_dir() else folder
+    if not folder.is_dir():
+        raise InputError(f"{folder}: --split-files must be a folder of PairAnnotation/<split>/"
+                         "*.json files")
+    files = sorted(folder.glob("*/*.json"))
+    if not files:
+        raise InputError(f"{folder}: no <split>/*.json pair files (the released "
+                         "PairAnnotation folder)")
+    return files
+
+
+def copy_split_files(root: str | os.PathLike[str], split_files: str | os.PathLike[str]
+                     ) -> dict[str, int]:
+    """Write the released pairs into ``root/PairAnnotation``, their image annotations pointing
+    into ``root/ImageAnnotation`` (which must hold every one of them).
+
+    Args:
+        root: the benchmark folder (``ImageAnnotation`` already written).
+        split_files: the released ``PairAnnotation`` folder (or its parent).
+
+    Returns:
+        Number of pairs per ``PairAnnotation`` folder.
+
+    Raises:
+        InputError: naming a pair file that is unreadable, lacks a path, or refers to an image
+            annotation that the original annotations did not produce.
+    """
+    root = Path(root)
+    files = _pair_files(Path(split_files))
+    released = {f"{f.parent.name}/{f.name}" for f in files}
+    present = {f"{f.parent.name}/{f.name}" for f in (root / "PairAnnotation").glob("*/*.json")}
+    if present - released:
+        raise InputError(f"{root / 'PairAnnotation'} holds {len(present - released)} pair(s) "
+                         "that are not in the released split files (a sampled benchmark?); "
+                         "remove that folder to rebuild from the split files")
+    counts: dict[str, int] = {}
+    missing: list[str] = []
+    for file in files:
+        pair = _read(file)
+        local = {}
+        for key in ("src_json_path", "trg_json_path"):
+            stored = str(pair.get(key, ""))
+            if _IMAGE_ANNOTATION not in stored:
+                raise InputError(f"{file}: {key} {stored!r} is not under an ImageAnnotation "
+                                 "folder")
+            local[key] = _IMAGE_ANNOTATION + stored.split(_IMAGE_ANNOTATION, 1)[1]
+            if not (root / local[key]).is_file():
+                missing.append(f"{file.name}: {local[key]}")
+        out = root / "PairAnnotation" / file.parent.name
+        out.mkdir(parents=True, exist_ok=True)
+        (out / file.name).write_text(json.dumps(local, indent=1))
+        counts[file.parent.name] = counts.get(file.parent.name, 0) + 1
+    if missing:
+        raise InputError(f"{len(missing)} released pair(s) refer to images the AP-10K "
+                         f"annotations do not have (wrong AP-10K version?), e.g. "
+                         f"{'; '.join(missing[:3])}")
+    return counts
+
+
 def build_ap10k_benchmark(
-    root: str | os.PathLike[str], seed: int = 42, crowd_list: str | os.PathLike[str] | None = None
+    root: str | os.PathLike[str],
+    seed: int = 42,
+    crowd_list: str | os.PathLike[str] | None = None,
+    split_files: str | os.PathLike[str] | None = None,
 ) -> dict[str, int]:
     """Write ``ImageAnnotation``, ``JPEGImages`` and ``PairAnnotation`` under ``root``.
 
@@ -157,6 +230,8 @@ def build_ap10k_benchmark(
         seed: the only source of randomness (same seed, same benchmark).
         crowd_list: optional file of image stems (one per line) to treat as crowded, e.g.
             GeoAware-SC's ``ap-10k_is_crowd.txt``.
+        split_files: the released ``PairAnnotation`` folder: its pairs are used as they are
+            (no sampling; ``seed`` and ``crowd_list`` then play no part).
 
     Returns:
         Number of pairs written per ``PairAnnotation`` folder, plus ``images``.
@@ -182,6 +257,8 @@ def build_ap10k_benchmark(
         by_stem[stem], where[stem] = record, f"{family}/{name}"
         if not record["is_crowd"] and record.get("num_keypoints", 0) >= MIN_KEYPOINTS:
             species[(family, name)].append(stem)
+    if split_files is not None:
+        return {"images": len(records), **copy_split_files(root, split_files)}
     splits = {key: split_species(stems) for key, stems in sorted(species.items())}
     counts: dict[str, int] = {"images": len(records)}
     species_of = {s: key[1] for key, parts in splits.items() for p in parts.values() for s in p}

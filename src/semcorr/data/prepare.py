@@ -297,6 +297,7 @@ def prepare(
     seed: int = 42,
     progress: bool = True,
     crowd_list: str | os.PathLike[str] | None = None,
+    split_files: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Make ``root`` a complete copy of dataset ``name``, or say exactly what is missing.
 
@@ -310,6 +311,8 @@ def prepare(
         progress: show progress bars.
         crowd_list: AP-10K only: image ids to treat as crowded (e.g. GeoAware-SC's
             ``ap-10k_is_crowd.txt``), on top of images with several annotations.
+        split_files: AP-10K only: the released benchmark's ``PairAnnotation`` folder; its
+            pairs are used instead of sampling new ones.
 
     Returns:
         ``{"dataset", "root", "complete": bool, "missing": [...], "downloaded": [...],
@@ -334,10 +337,12 @@ def prepare(
             if not keep_archives:
                 shutil.rmtree(root / ".downloads", ignore_errors=True)
         missing = check_dataset(name, root)
-    if missing and name == "ap10k" and all((root / f).is_file() for f in AP10K_ORIGINAL):
+    rebuild = missing or split_files is not None
+    if rebuild and name == "ap10k" and all((root / f).is_file() for f in AP10K_ORIGINAL):
         from semcorr.data.ap10k_benchmark import build_ap10k_benchmark
 
-        report["built"] = build_ap10k_benchmark(root, seed=seed, crowd_list=crowd_list)
+        report["built"] = build_ap10k_benchmark(root, seed=seed, crowd_list=crowd_list,
+                                                split_files=split_files)
         missing = check_dataset(name, root)
     report["missing"] = missing
     report["complete"] = not missing

@@ -1,29 +1,27 @@
-"""Training GeoAware-SC's post-processor on cached features.
+"""Training GeoAware-SC's post-processor on cached features, as released.
 
 One step takes a batch of annotated pairs (:class:`~semcorr.data.PairSample`), reads the
 features of both images and of their mirrors from a :class:`~semcorr.features.cache.FeatureCache`
-(extracted once, resumably), runs the head on the four maps, and averages over the
-pose-variant *views* of the pair:
+(extracted once, resumably), runs the head on the four maps, and averages the loss over the
+pose-variant views of each pair (:mod:`semcorr.train.geoaware_views`: the pair with InfoNCE and
+the dense flow error, the double and self flips with the flow error only, the released
+keypoint arithmetic and label noise).
 
-* the pair itself (weight 1);
-* single flip: the mirrored source against the target (``single_flip``; 0 by default, as in
-  the released training configurations, where it is only active with adaptive flip);
-* double flip: both mirrored (``double_flip``, 1);
-* self flip: the mirrored source against the source (``self_flip``, 0.25);
+The dense objective's soft-argmax grid is trained with the head (``learn_grid``, the released
+``Correlation2Displacement``); ``learn_grid=False`` keeps the cell coordinates fixed. The grid is
+not part of the head's weights (the released checkpoints do not hold it either), so every
+weights file written here loads strictly as the official layout.
 
-where a mirrored image's keypoint ``i`` sits at the mirror of its left/right partner
-``flip_permutation[i]`` (only where both partners are visible). Each view's loss is the
-symmetric InfoNCE on keypoint descriptors plus the dense soft-argmax flow error (the same
-window soft-argmax as evaluation) towards targets with Gaussian label noise.
-
-AdamW with a one-cycle schedule; checkpoints (``last.pt``) hold the model, optimizer, scheduler,
-scaler, RNG states, step and loss history, so a killed run resumes exactly. Under ``torchrun``
-the head is wrapped in ``DistributedDataParallel`` and each rank takes its share of every batch.
+AdamW, with a one-cycle schedule (``scheduler="one_cycle"``, the SPair-71k configuration) or a
+constant learning rate (``"none"``: AP-10k pre-training and PF-Pascal). Checkpoints
+(``last.pt``) hold the model, grid, optimizer, scheduler, scaler, RNG states, step and loss
+history, so a killed run resumes exactly; ``best.safetensors`` holds the head at the best
+validation PCK, ``head.safetensors`` the last. Under ``torchrun`` the head is wrapped in
+``DistributedDataParallel`` and each rank takes its share of every batch.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import time
@@ -33,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from semcorr.config import build_config, config_hash, config_to_dict
@@ -42,14 +39,20 @@ from semcorr.errors import InputError
 from semcorr.features.base import Backbone, create_backbone
 from semcorr.features.cache import FeatureCache, cached_extract
 from semcorr.features.fusion import resample_parts
-from semcorr.geometry import ResizePad, flip_points
-from semcorr.io import atomic_write_bytes, atomic_write_json, load_image
+from semcorr.io import atomic_write_bytes, atomic_write_json
 from semcorr.match.rules import window_soft_argmax2d
 from semcorr.match.similarity import cosine_similarity, sample_descriptors
 from semcorr.postprocess.aggregation import AggregationNetwork
-from semcorr.postprocess.geoaware import get_preset
 from semcorr.train.checkpoint import load_checkpoint, save_checkpoint
-from semcorr.train.losses import flow_loss, gaussian_label_noise, info_nce_loss
+from semcorr.train.geoaware_views import (
+    NOISE_REFERENCES,
+    LoadedPair,
+    PairViews,
+    pair_views,
+    views_loss,
+)
+from semcorr.train.losses import SoftArgmaxGrid
+from semcorr.train.synthetic import make_synthetic_pairs
 
 __all__ = [
     "GeoAwareTrainConfig",
@@ -59,6 +62,9 @@ __all__ = [
     "load_pair",
     "make_synthetic_pairs",
     "HeadWithScale",
+    "LoadedPair",
+    "SCHEDULERS",
+    "TRAIN_PRESETS",
     "batch_loss",
     "pair_loss",
     "pair_views",
@@ -68,6 +74,8 @@ __all__ = [
 ]
 
 ORIENTATIONS = ("src", "tgt", "src_flip", "tgt_flip")
+#: Learning-rate schedules: the released one-cycle, or none (a constant rate).
+SCHEDULERS: tuple[str, ...] = ("one_cycle", "none")
 
 
 @dataclass
@@ -124,6 +132,11 @@ class GeoAwareTrainConfig:
     self_flip: float = 0.25
     train_window: int | None = None
     temperature: float = 0.02
+    annotation_size: int = 840
+    noise_reference: str = "box"
+    learn_grid: bool = True
+    scheduler: str = "one_cycle"
+    best_alpha: float = 0.1
     eval_window: int = 7
     amp: bool = False
     seed: int = 0
@@ -137,6 +150,11 @@ class GeoAwareTrainConfig:
             raise InputError("batch_size and checkpoint_every must be >= 1, epochs >= 0")
         if self.steps is not None and self.steps < 1:
             raise InputError("steps must be at least 1")
+        if self.scheduler not in SCHEDULERS:
+            raise InputError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
+        if self.noise_reference not in NOISE_REFERENCES:
+            raise InputError(f"noise_reference must be one of {NOISE_REFERENCES}, got "
+                             f"{self.noise_reference!r}")
 
     def identity(self) -> dict[str, Any]:
         """The settings that determine the results (a resumed run must have the same)."""
@@ -147,124 +165,46 @@ class GeoAwareTrainConfig:
         return data
 
 
+#: The released training configurations (``configs/train_*.yaml`` over ``pck_train.py``'s
+#: argument defaults), key for key in this trainer's terms. The released ``LOAD`` (the AP-10k
+#: pre-training's ``last.PTH`` for SPair-71k and PF-Pascal) is a file: pass it as ``init=``.
+TRAIN_PRESETS: dict[str, dict[str, Any]] = {
+    "ap10k": {  # train_ap10k.yaml: no SCHEDULER, EPOCH 1, PAIR_AUGMENT, DENSE_OBJ 1
+        "dataset": "ap10k", "epochs": 1, "scheduler": "none", "pair_augment": True,
+        "eval_dataset": "ap10k", "eval_split": "val",
+    },
+    "spair": {  # train_spair.yaml: SCHEDULER one_cycle, EPOCH 2, PAIR_AUGMENT, DENSE_OBJ 1
+        "dataset": "spair", "epochs": 2, "scheduler": "one_cycle", "pair_augment": True,
+        "eval_dataset": "spair", "eval_split": "val",
+    },
+    "pfpascal": {  # train_pascal.yaml: no SCHEDULER, EPOCH 100, no PAIR_AUGMENT, image threshold
+        "dataset": "pf-pascal", "epochs": 100, "scheduler": "none", "pair_augment": False,
+        "noise_reference": "image", "best_alpha": 0.05,
+        "eval_dataset": "pf-pascal", "eval_split": "val",
+    },
+}
+
+#: ``pck_train.py``'s defaults that every released training configuration keeps.
+_RELEASED_DEFAULTS: dict[str, Any] = {
+    "lr": 1.25e-3, "weight_decay": 1e-3, "batch_size": 1, "pct_start": 0.3,  # LR, WD, BZ
+    "feature_dropout": 0.2, "label_noise": 0.1, "dense_weight": 1.0,  # FEAT_MAP_DROPOUT, ...
+    "sparse_weight": 1.0, "single_flip": 0.0, "double_flip": 1.0, "self_flip": 0.25,
+    "train_window": None, "temperature": 0.02, "learn_grid": True, "annotation_size": 840,
+    "noise_reference": "box", "best_alpha": 0.1, "eval_window": 7, "eval_every": 5000,
+    "projection_dim": 768, "seed": 42,  # SOFT_EVAL_WINDOW, EVAL_EPOCH, PROJ_DIM, SEED
+}
+
+
 def config_for_preset(name: str) -> dict[str, Any]:
-    """Config values of a :mod:`~semcorr.postprocess.geoaware` preset (``spair``, ``ap10k``,
-    ``pfpascal``); the dataset root and output folder still come from the user."""
-    preset = get_preset(name)
-    if preset.train_dataset is None:
-        raise InputError(f"preset {name!r} has no training (use it with 'semcorr eval')")
-    return {
-        "dataset": preset.train_dataset,
-        "epochs": preset.epochs,
-        "lr": preset.lr,
-        "weight_decay": preset.weight_decay,
-        "feature_dropout": preset.feature_dropout,
-        "label_noise": preset.label_noise,
-        "pair_augment": preset.pair_augment,
-        "eval_window": preset.window,
-        "temperature": preset.temperature,
-    }
-
-
-# ----------------------------------------------------------------------------- synthetic data
-
-
-def _photo_paths(root: Path) -> list[Path]:
-    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
-    if not paths:
-        raise InputError(f"{root}: no .png/.jpg photographs for synthetic pairs")
-    return paths
-
-
-def make_synthetic_pairs(
-    photos: str | Path,
-    out: str | Path,
-    count: int,
-    size: int = 160,
-    seed: int = 0,
-    mirror_rate: float = 0.0,
-    grid: int = 5,
-) -> list[PairSample]:
-    """Pairs of real photographs and their warps by known similarities (optionally mirrored).
-
-    Each source is a ``size``-pixel square crop of a photograph; the target is the source
-    rotated (±25°), zoomed (0.8–1.2) and shifted, then mirrored with probability
-    ``mirror_rate``. Keypoints are a ``grid x grid`` lattice on the source; those landing
-    outside the target are not visible. Images are written to ``out`` once (idempotent).
-
-    Returns:
-        ``count`` :class:`PairSample` s (no left/right partners: ``flip_permutation`` is -1).
-    """
-    from PIL import Image
-
-    from semcorr.geometry.warp import hflip_matrix, similarity_matrix, warp_image, warp_points
-
-    photos, out = Path(photos), Path(out)
-    paths = _photo_paths(photos)
-    generator = torch.Generator().manual_seed(seed)
-    samples = []
-    lattice = torch.linspace(0.15 * (size - 1), 0.85 * (size - 1), grid)
-    points = torch.stack(torch.meshgrid(lattice, lattice, indexing="xy"), -1).reshape(-1, 2)
-
-    def uniform(lo: float, hi: float) -> float:
-        return lo + (hi - lo) * float(torch.rand((), generator=generator))
-
-    loaded: dict[Path, torch.Tensor] = {}
-    for index in range(count):
-        path = paths[index % len(paths)]
-        photo = loaded[path] if path in loaded else loaded.setdefault(path, load_image(path))
-        h, w = photo.shape[-2:]
-        side = min(h, w, 2 * size)
-        x0 = int(uniform(0, w - side))
-        y0 = int(uniform(0, h - side))
-        crop = photo[:, y0:y0 + side, x0:x0 + side]
-        source = F.interpolate(crop[None], size=(size, size), mode="bilinear", antialias=True,
-                               align_corners=False)[0]
-        matrix = similarity_matrix(size, size, uniform(-25, 25), uniform(0.8, 1.2),
-                                   (uniform(-10, 10), uniform(-10, 10)))
-        mirrored = uniform(0, 1) < mirror_rate
-        if mirrored:
-            matrix = hflip_matrix(size) @ matrix
-        target = warp_image(source, matrix, (size, size))
-        target_points = warp_points(points, matrix)
-        inside = ((target_points >= 0) & (target_points <= size - 1)).all(-1)
-        files = [out / f"pair{index:04d}_s{seed}_{size}px_{k}.png" for k in ("a", "b")]
-        for file, image in zip(files, (source, target), strict=True):
-            if not file.is_file():
-                array = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-                out.mkdir(parents=True, exist_ok=True)
-                buffer = io.BytesIO()
-                Image.fromarray(array).save(buffer, format="PNG")
-                atomic_write_bytes(file, buffer.getvalue())
-        n = points.shape[0]
-        samples.append(PairSample(
-            source_path=files[0], target_path=files[1], source_points=points.clone(),
-            target_points=torch.where(inside[:, None], target_points, torch.full_like(
-                target_points, -1.0)),
-            visible=inside, category="synthetic", source_bbox=None, target_bbox=None,
-            source_size=(size, size), target_size=(size, size), pck_reference=float(size),
-            keypoint_ids=torch.arange(n), flip_permutation=torch.full((n,), -1),
-            pair_id=f"synthetic-{seed}-{index}", extra={"mirrored": mirrored},
-        ))
-    return samples
+    """Config values of a released training configuration (``spair``, ``ap10k``,
+    ``pfpascal``); the dataset root, output folder and ``init`` still come from the user."""
+    if name not in TRAIN_PRESETS:
+        raise InputError(f"preset {name!r} has no training (training presets: "
+                         f"{', '.join(TRAIN_PRESETS)}; use it with 'semcorr eval')")
+    return {**_RELEASED_DEFAULTS, **TRAIN_PRESETS[name]}
 
 
 # ----------------------------------------------------------------------------- pair features
-
-
-@dataclass
-class LoadedPair:
-    """Features and keypoints of one pair, on the feature grid.
-
-    Attributes:
-        features: ``(4, C, h, w)`` maps of source, target, mirrored source, mirrored target.
-        transforms: source and target :class:`ResizePad`.
-        sample: the annotation.
-    """
-
-    features: torch.Tensor
-    transforms: tuple[ResizePad, ResizePad]
-    sample: PairSample
 
 
 def _concat_parts(parts: dict[str, torch.Tensor], order: Sequence[str] | None, grid: int,
@@ -295,78 +235,29 @@ def load_pair(cache: FeatureCache, sample: PairSample, parts: Sequence[str] | No
     return LoadedPair(torch.stack(maps), (transforms[0], transforms[1]), sample)
 
 
-# ----------------------------------------------------------------------------- views and losses
-
-
-@dataclass
-class PairViews:
-    """The pose-variant views of a pair, stacked.
-
-    Attributes:
-        first, second: ``(V,)`` index into the four maps (see :data:`ORIENTATIONS`).
-        cells0, cells1: ``(V, N, 2)`` grid coordinates in the first/second map.
-        valid: ``(V, N)`` keypoints usable in each view.
-        weights: ``(V,)`` view weights.
-        noise_std: ``(V,)`` label-noise std in cells of the second map.
-    """
-
-    first: torch.Tensor
-    second: torch.Tensor
-    cells0: torch.Tensor
-    cells1: torch.Tensor
-    valid: torch.Tensor
-    weights: torch.Tensor
-    noise_std: torch.Tensor
-
-
-def _full_permutation(perm: torch.Tensor) -> torch.Tensor:
-    n = perm.shape[0]
-    return torch.where(perm < 0, torch.arange(n), perm)
-
-
-def pair_views(pair: LoadedPair, config: GeoAwareTrainConfig) -> PairViews:
-    """The original view plus, with ``pair_augment``, the single/double/self-flip views."""
-    s = pair.sample
-    t0, t1 = pair.transforms
-    p0, p1 = s.source_points.float(), s.target_points.float()
-    visible = s.visible.bool()
-    perm = _full_permutation(s.flip_permutation.long())
-    p0f = flip_points(p0[perm], s.source_size[0])
-    p1f = flip_points(p1[perm], s.target_size[0])
-    vflip = visible & visible[perm]
-    # reference length (pixels of the target) → cells of the second map
-    ref1 = s.pck_reference * t1.scale / t1.stride
-    ref0 = s.pck_reference * (max(s.source_size) / max(s.target_size)) * t0.scale / t0.stride
-    rows = [(0, 1, t0.to_grid(p0), t1.to_grid(p1), visible, 1.0, ref1)]
-    if config.pair_augment:
-        rows += [
-            (2, 1, t0.to_grid(p0f), t1.to_grid(p1), vflip, config.single_flip, ref1),
-            (2, 3, t0.to_grid(p0f), t1.to_grid(p1f), vflip, config.double_flip, ref1),
-            (2, 0, t0.to_grid(p0f), t0.to_grid(p0), vflip, config.self_flip, ref0),
-        ]
-    rows = [r for r in rows if r[5] > 0]
-    return PairViews(
-        first=torch.tensor([r[0] for r in rows]),
-        second=torch.tensor([r[1] for r in rows]),
-        cells0=torch.stack([r[2] for r in rows]),
-        cells1=torch.stack([r[3] for r in rows]),
-        valid=torch.stack([r[4] for r in rows]),
-        weights=torch.tensor([float(r[5]) for r in rows]),
-        noise_std=torch.tensor([config.label_noise * r[6] / 2 for r in rows]),
-    )
+# ----------------------------------------------------------------------------- losses
 
 
 class HeadWithScale(nn.Module):
-    """Runs the head and returns its InfoNCE scale too, so that every parameter is used inside
-    one ``forward`` (what ``DistributedDataParallel`` needs)."""
+    """Runs the head and returns its InfoNCE scale and the soft-argmax grid too, so that every
+    trained parameter is used inside one ``forward`` (what ``DistributedDataParallel`` needs).
 
-    def __init__(self, head: AggregationNetwork) -> None:
+    Args:
+        head: the aggregation network.
+        grid: the trained soft-argmax grid, or ``None`` for fixed cell coordinates.
+    """
+
+    def __init__(self, head: AggregationNetwork, grid: SoftArgmaxGrid | None = None) -> None:
         super().__init__()
         self.head = head
+        self.grid = grid
 
-    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(B, C, h, w)`` → head output ``(B, D, h, w)`` and ``exp(logit_scale)``."""
-        return self.head(features), self.head.logit_scale.exp()
+    def forward(self, features: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """``(B, C, h, w)`` → head output ``(B, D, h, w)``, ``exp(logit_scale)`` and the grid
+        axes ``(w,)``, ``(h,)`` (``None`` without a grid)."""
+        axes = self.grid() if self.grid is not None else None
+        return self.head(features), self.head.logit_scale.exp(), axes
 
 
 def batch_loss(
@@ -375,11 +266,11 @@ def batch_loss(
     config: GeoAwareTrainConfig,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Mean over pairs of :func:`views_loss`; one forward of ``model`` (a
-    :class:`HeadWithScale`, possibly DDP-wrapped) on all ``4 * len(pairs)`` maps."""
+    """Mean over pairs of :func:`~semcorr.train.geoaware_views.views_loss`; one forward of
+    ``model`` (a :class:`HeadWithScale`, possibly DDP-wrapped) on all ``4 * len(pairs)`` maps."""
     device = next(model.parameters()).device
-    maps, scale = model(torch.cat([p.features for p in pairs]).to(device))
-    losses = [views_loss(maps[4 * i:4 * i + 4], scale, pair, config, generator)
+    maps, scale, grid = model(torch.cat([p.features for p in pairs]).to(device))
+    losses = [views_loss(maps[4 * i:4 * i + 4], scale, pair, config, generator, grid)
               for i, pair in enumerate(pairs)]
     return torch.stack(losses).mean()
 
@@ -389,48 +280,10 @@ def pair_loss(
     pair: LoadedPair,
     config: GeoAwareTrainConfig,
     generator: torch.Generator | None = None,
+    grid: SoftArgmaxGrid | None = None,
 ) -> torch.Tensor:
-    """The loss of one pair (see :func:`views_loss`)."""
-    return batch_loss(HeadWithScale(head), [pair], config, generator)
-
-
-def views_loss(
-    out: torch.Tensor,
-    scale: torch.Tensor,
-    pair: LoadedPair,
-    config: GeoAwareTrainConfig,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """The weighted mean, over the pair's views, of InfoNCE + dense flow loss.
-
-    Args:
-        out: ``(4, D, h, w)`` head outputs of source, target and their mirrors.
-        scale: InfoNCE inverse temperature.
-        pair: the pair (keypoints, transforms).
-        config: loss settings.
-        generator: label-noise source.
-    """
-    device = out.device
-    views = pair_views(pair, config)
-    views_ok = views.valid.any(dim=1)
-    if not views_ok.any():
-        return out.sum() * 0
-    first = out[views.first.to(device)]
-    second = out[views.second.to(device)]
-    cells0 = views.cells0.to(device)
-    cells1 = views.cells1.to(device)
-    valid = views.valid.to(device)
-    desc0 = sample_descriptors(first, cells0)
-    desc1 = sample_descriptors(second, cells1)
-    per_view = []
-    for v in range(desc0.shape[0]):  # a handful of views, not keypoints
-        sparse = info_nce_loss(desc0[v:v + 1], desc1[v:v + 1], scale, valid[v:v + 1])
-        noisy = gaussian_label_noise(cells1[v:v + 1], float(views.noise_std[v]), generator)
-        dense = flow_loss(desc0[v:v + 1], second[v:v + 1], noisy, valid[v:v + 1],
-                          config.train_window, config.temperature)
-        per_view.append(config.sparse_weight * sparse + config.dense_weight * dense)
-    weights = (views.weights * views_ok).to(device)
-    return (torch.stack(per_view) * weights).sum() / weights.sum()
+    """The loss of one pair (see :func:`~semcorr.train.geoaware_views.views_loss`)."""
+    return batch_loss(HeadWithScale(head, grid), [pair], config, generator)
 
 
 @torch.no_grad()
@@ -588,6 +441,41 @@ class _Data:
     backbone: Backbone
 
 
+def _optimisation(config: GeoAwareTrainConfig, params: list[nn.Parameter], total: int
+                  ) -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW over the head (and grid), with the configured schedule (``None`` = constant)."""
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.scheduler == "none":
+        return optimizer, None
+    return optimizer, torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.lr, total_steps=total, pct_start=config.pct_start)
+
+
+def _make_grid(config: GeoAwareTrainConfig, first: LoadedPair) -> SoftArgmaxGrid | None:
+    """The trained soft-argmax grid on the features' grid, or ``None`` (fixed grid)."""
+    if not config.learn_grid:
+        return None
+    h, w = first.features.shape[-2:]
+    return SoftArgmaxGrid(w, h, learnable=True)
+
+
+def _save_head(path: Path, head: nn.Module) -> None:
+    from safetensors.torch import save
+
+    atomic_write_bytes(path, save({k: v.detach().cpu().contiguous()
+                                   for k, v in head.state_dict().items()}))
+
+
+def _keep_best(out: Path, head: nn.Module, history: dict[str, Any], step: int,
+               score: float) -> None:
+    """Write ``best.safetensors`` when ``score`` beats every earlier one (the released rule:
+    strictly better on the validation PCK)."""
+    best = history.setdefault("best", None)
+    if best is None or score > best[1]:
+        _save_head(out / "best.safetensors", head)
+        history["best"] = [step, score]
+
+
 def _run(
     config: GeoAwareTrainConfig,
     out: Path,
@@ -601,30 +489,31 @@ def _run(
     samples, val, cache = data.samples, data.val, data.cache
     torch.manual_seed(config.seed + info.rank)
     head = _make_head(config).to(device)
-    model: nn.Module = HeadWithScale(head)
+    grid = _make_grid(config, load_pair(cache, samples[0], config.feature_parts))
+    grid = grid.to(device) if grid is not None else None
+    model: nn.Module = HeadWithScale(head, grid)
     if info.world_size > 1:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=True)  # self_logit_scale is kept but never used
     total = _total_steps(config, len(samples), info.world_size)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr,
-                                  weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr,
-                                                    total_steps=total,
-                                                    pct_start=config.pct_start)
+    optimizer, scheduler = _optimisation(config, list(HeadWithScale(head, grid).parameters()),
+                                         total)
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp and device.type == "cuda")
     noise = torch.Generator().manual_seed(config.seed * 7919 + info.rank)
     generators = {"noise": noise}
-    history: dict[str, Any] = {"loss": [], "val_pck": []}
+    history: dict[str, Any] = {"loss": [], "val_pck": [], "best": None}
     start = 0
     last = out / "last.pt"
     if last.is_file():
         state = load_checkpoint(last, model=head, optimizer=optimizer, scheduler=scheduler,
                                 scaler=scaler, generators=generators)
         start, history = state["step"], state["extra"]["history"]
+        if grid is not None:
+            grid.load_state_dict(state["extra"]["grid"])
     if not history["val_pck"] and val and is_main():
         history["val_pck"].append([start, validation_pck(head, val, config.eval_window,
-                                                         config.temperature)])
+                                                         config.temperature, config.best_alpha)])
     model.train()
     global_batch = config.batch_size * info.world_size
     for step in range(start, total):
@@ -634,37 +523,47 @@ def _run(
         with torch.autocast(device.type, enabled=scaler.is_enabled()):
             pairs = [load_pair(cache, samples[i], config.feature_parts) for i in mine]
             loss = batch_loss(model, pairs, config, noise)
+        rate = optimizer.param_groups[0]["lr"]  # the rate this step uses
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        scheduler.step()
+        if scheduler is not None:
+            scheduler.step()
         history["loss"].append(float(loss.detach()))
-        numbers = {"loss": history["loss"][-1], "lr": scheduler.get_last_lr()[0]}
+        numbers = {"loss": history["loss"][-1], "lr": rate}
         done = step + 1
         if val and is_main() and (done % config.checkpoint_every == 0 or done == total):
-            pck = validation_pck(head, val, config.eval_window, config.temperature)
+            pck = validation_pck(head, val, config.eval_window, config.temperature,
+                                 config.best_alpha)
             history["val_pck"].append([done, pck])
             numbers["val_pck"] = pck
-        if done % config.checkpoint_every == 0 or done == total:
-            if is_main():
-                save_checkpoint(last, model=head, step=done, optimizer=optimizer,
-                                scheduler=scheduler, scaler=scaler, generators=generators,
-                                extra={"history": history})
-        if config.eval_every and config.eval_dataset and done % config.eval_every == 0 \
-                and is_main():
-            _evaluate(config, out, data.backbone, head, done)
+            _keep_best(out, head, history, done, pck)
+        if config.eval_every and config.eval_dataset and is_main() \
+                and (done % config.eval_every == 0 or done == total):  # as released
+            results = _evaluate(config, out, data.backbone, head, done)
+            if not val:
+                _keep_best(out, head, history, done, _eval_score(results, config.best_alpha))
+        if (done % config.checkpoint_every == 0 or done == total) and is_main():
+            save_checkpoint(last, model=head, step=done, optimizer=optimizer,
+                            scheduler=scheduler, scaler=scaler, generators=generators,
+                            extra={"history": history,
+                                   "grid": dict(grid.state_dict()) if grid is not None else {}})
         if progress is not None and is_main():
             progress(step, numbers)
         if config.delay:
             time.sleep(config.delay)
     weights = out / "head.safetensors"
     if is_main():
-        from safetensors.torch import save
-
-        atomic_write_bytes(weights, save({k: v.detach().cpu().contiguous()
-                                          for k, v in head.state_dict().items()}))
+        _save_head(weights, head)
         atomic_write_json(out / "history.json", history)
     return weights
+
+
+def _eval_score(results: dict[str, Any], alpha: float) -> float:
+    """Per-image PCK@``alpha`` of a :func:`semcorr.eval.benchmark.evaluate` result."""
+    from semcorr.eval.pck import format_threshold
+
+    return float(results["pck"][format_threshold(alpha)]["per_image"])
 
 
 def _evaluate(config: GeoAwareTrainConfig, out: Path, backbone: Backbone, head: nn.Module,

@@ -1,8 +1,9 @@
 """The package's import graph, read with ``ast`` (no import is executed): no cycles, and no
 library module imports the command line or the server (issue: keep the house in order).
 
-Every ``import`` statement counts, the lazy ones inside functions too: a cycle that only a lazy
-import hides still ties two modules together. ``semcorr.__main__`` is the one library-level file
+Every ``import`` statement that can run counts, the lazy ones inside functions too: a cycle that
+only a lazy import hides still ties two modules together. Imports under ``if TYPE_CHECKING:`` are
+for annotations only and do not count. ``semcorr.__main__`` is the one library-level file
 allowed to reach the command line: it is the entry point.
 """
 
@@ -50,16 +51,36 @@ def _targets(module: str, node: ast.Import | ast.ImportFrom, modules: dict[str, 
     return {found for name in names if (found := _known(name, modules))} - {module}
 
 
+def _is_type_checking(node: ast.AST) -> bool:
+    """``if TYPE_CHECKING:`` (or ``typing.TYPE_CHECKING``): imports for annotations only."""
+    test = getattr(node, "test", None)
+    return isinstance(node, ast.If) and (
+        (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING")
+        or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"))
+
+
+def _runtime_imports(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
+    """Every import statement that can run, lazy ones included (type-checking blocks not)."""
+    found, stack = [], [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            found.append(node)
+        children = list(ast.iter_child_nodes(node))
+        if _is_type_checking(node):
+            children = [*getattr(node, "orelse", [])]
+        stack.extend(children)
+    return found
+
+
 def import_graph() -> dict[str, set[str]]:
-    """semcorr module → the semcorr modules it imports (anywhere in its body)."""
+    """semcorr module → the semcorr modules it imports when it runs (anywhere in its body)."""
     modules = _modules()
     graph = {}
     for name, path in modules.items():
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-        graph[name] = set().union(*(
-            _targets(name, node, modules) for node in ast.walk(tree)
-            if isinstance(node, (ast.Import, ast.ImportFrom))
-        ))
+        graph[name] = set().union(*(_targets(name, node, modules)
+                                    for node in _runtime_imports(tree)))
     return graph
 
 

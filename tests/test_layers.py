@@ -19,14 +19,15 @@ from test_imports import import_graph
 #: Layer of each top-level package or module of ``semcorr`` (docs/architecture.md, "Layers").
 LAYERS: dict[str, int] = {
     "errors": 0,
-    **dict.fromkeys(("conventions", "config", "registry", "hub", "devices", "distributed",
+    **dict.fromkeys(("conventions", "config", "registry", "options", "distributed",
                      "samples", "geometry", "io"), 1),
-    **dict.fromkeys(("features", "match", "data"), 2),
-    **dict.fromkeys(("postprocess", "pipeline", "analysis"), 3),
-    **dict.fromkeys(("viz", "transfer", "semcorr"), 4),  # semcorr: the root's public API
-    "eval": 5,
-    "train": 6,
-    **dict.fromkeys(("cli", "server", "__main__"), 7),
+    **dict.fromkeys(("hub", "devices"), 2),
+    **dict.fromkeys(("features", "match", "data"), 3),
+    **dict.fromkeys(("postprocess", "pipeline", "analysis"), 4),
+    **dict.fromkeys(("viz", "transfer", "semcorr"), 5),  # semcorr: the root's public API
+    "eval": 6,
+    "train": 7,
+    **dict.fromkeys(("cli", "server", "__main__"), 8),
 }
 #: The faces may use each other (``semcorr serve`` starts the server, which writes its
 #: matches with ``semcorr match``'s writer); no other layer's members may.

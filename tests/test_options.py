@@ -93,3 +93,20 @@ def test_serve_refuses_limits_that_cannot_work(flags: list[str], message: str,
     pytest.importorskip("fastapi")
     assert main(["serve", "--port", "0", *flags]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--temperature", "nan"], "temperature must be a finite number"),
+    (["--window", "-1"], "window radius must be an integer >= 0"),
+    (["--batch-size", "0"], "batch_size must be an integer >= 1"),
+])
+def test_transfer_refuses_bad_options_before_any_work(flags: list[str], message: str,
+                                                      tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    """The NaN-filled COCO file of the issue: refused before a target is touched."""
+    out = tmp_path / "labels.json"
+    argv = ["transfer", "--sources", str(tmp_path / "ann.json"), "--images", str(sample_dir()),
+            "--out", str(out), "--quiet", *flags]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from semcorr.errors import InputError
+from semcorr.options import finite_number, int_at_least, positive_number
 
 __all__ = ["TransferConfig"]
 
@@ -47,7 +47,13 @@ class TransferConfig:
     iterations: int = 30
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise InputError("batch_size must be at least 1")
-        if self.cycle_radius <= 0 or self.agreement_radius <= 0:
-            raise InputError("cycle_radius and agreement_radius must be positive")
+        """Check every option before any work (the rule's options through the rule itself)."""
+        from semcorr.match.refine import refiner_with_options
+
+        int_at_least("batch_size", self.batch_size, 1)
+        int_at_least("iterations", self.iterations, 1)
+        positive_number("cycle_radius", self.cycle_radius)
+        positive_number("agreement_radius", self.agreement_radius)
+        finite_number("min_score", self.min_score)
+        refiner_with_options(self.refine, radius=self.window, temperature=self.temperature,
+                             sigma=self.sigma, weighting=self.kernel_weighting)

@@ -207,3 +207,26 @@ def test_torchrun_two_gloo_ranks_equal_one_process(
     assert (summary["images"], summary["computed"]) == (NUM_IMAGES, NUM_IMAGES)
     assert result.stdout.count("images,") == 1  # one summary, printed by rank 0
     assert _cache_files(cache) == _cache_files(reference_cache)
+
+
+def test_resume_recomputes_a_corrupt_entry_and_verify_finds_it(
+        tmp_path: Path, images: list[Path], capsys: pytest.CaptureFixture) -> None:
+    """A resumed run used to skip an entry whose data was damaged (only its header was read);
+    now each skipped entry's checksums are checked, and ``--verify`` checks a whole cache."""
+    cache = tmp_path / "cache"
+    assert main(_args(cache, images[:2])) == 0
+    assert main(["extract", "--cache", str(cache), "--verify"]) == 0
+    assert "2 of 2 entries sound" in capsys.readouterr().out
+    victim = sorted((cache / "entries").glob("*/*.safetensors"))[0]
+    data = bytearray(victim.read_bytes())
+    data[-5] ^= 0xFF  # one flipped byte inside the last tensor, header intact
+    victim.write_bytes(bytes(data))
+    assert main(["extract", "--cache", str(cache), "--verify"]) == 1
+    captured = capsys.readouterr()
+    assert "1 of 2 entries sound" in captured.out
+    assert captured.err.strip().splitlines()[-1].startswith(
+        "semcorr: error: extract --verify: 1 corrupt of 2 entries")
+    assert main(_args(cache, images[:2])) == 0  # resume: the damaged entry is recomputed
+    assert "1 computed, 1 skipped" in capsys.readouterr().out
+    assert main(["extract", "--cache", str(cache), "--verify"]) == 0
+    assert main(["extract", "--cache", str(cache), "--verify", str(images[0])]) == 2

@@ -179,7 +179,24 @@ def run_extract(args: argparse.Namespace) -> ExtractSummary:
         cleanup()
 
 
+def _verify(args: argparse.Namespace) -> int:
+    """``extract --cache DIR --verify``: read every entry, check every checksum."""
+    cache = FeatureCache(args.cache)
+    total, bad = cache.verify()
+    print(f"{cache.root}: {total - len(bad)} of {total} entries sound")
+    for _, reason in bad:
+        print(f"  bad: {reason}", file=sys.stderr)
+    if bad:
+        raise JobFailed(f"extract --verify: {len(bad)} corrupt of {total} entries (listed above;"
+                        " a new extract run recomputes them)")
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
+    if args.verify:
+        if args.images or args.dataset:
+            raise InputError("--verify checks an existing --cache; give no images or dataset")
+        return _verify(args)
     summary = run_extract(args)
     if summary.failed and not (summary.computed or summary.skipped):
         raise JobFailed(f"extract: all {len(summary.failed)} image(s) failed (listed above)")
@@ -214,4 +231,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="recompute images that are already cached")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--verify", action="store_true",
+                        help="read every entry of --cache and check its checksums, then exit "
+                        "(1 when an entry is corrupt); an extract run also verifies each entry "
+                        "it skips")
     parser.set_defaults(func=_run)

@@ -119,7 +119,7 @@ def _pending(
         except ImageError as exc:
             summary.failed.append((image_id, str(exc)))
             continue
-        if not overwrite and cache.contains(image_id, stamp):
+        if not overwrite and cache.contains(image_id, stamp, verify=True):
             summary.skipped += 1
         else:
             todo.append((image_id, path, stamp))

@@ -207,16 +207,39 @@ class FeatureCache:
             raise CacheError(f"{path}: entry of {entry.image_id!r}, expected {image_id!r}")
         return entry
 
-    def contains(self, image_id: str, stamp: Mapping[str, Any] | None = None) -> bool:
+    def contains(self, image_id: str, stamp: Mapping[str, Any] | None = None,
+                 verify: bool = False) -> bool:
         """Whether a complete, readable entry of ``image_id`` exists (of the same source file
-        content when ``stamp`` from :func:`file_stamp` is given). Checks headers only."""
+        content when ``stamp`` from :func:`file_stamp` is given). Checks headers only, unless
+        ``verify``: then every tensor is read and its stored checksum checked too."""
         try:
             entry = self.entry(image_id)
+            if entry is not None and verify:
+                entry.verify()
         except CacheError:
             return False
         if entry is None:
             return False
         return stamp is None or entry.meta.get("source") == dict(stamp)
+
+    def verify(self) -> tuple[int, list[tuple[str, str]]]:
+        """Read every entry and check every tensor's checksum.
+
+        Returns:
+            The number of entry files checked, and ``(entry file, reason)`` of each bad one
+            (a later ``extract`` recomputes them).
+        """
+        bad = []
+        files = list(self._entry_files())
+        for path in files:
+            try:
+                entry = CacheEntry.open(path)
+                if entry.meta.get("config_hash") != self.config_hash:
+                    raise CacheError(f"{path}: entry of another configuration")
+                entry.verify()
+            except CacheError as exc:
+                bad.append((str(path), str(exc)))
+        return len(files), bad
 
     __contains__ = contains
 

@@ -278,6 +278,28 @@ def test_kill_and_resume_equals_uninterrupted(scene: dict, whole: dict, tmp_path
     assert _run(scene, out, again) == whole and again.calls == 0  # nothing transferred twice
 
 
+def test_resume_redoes_a_replaced_target(scene: dict, whole: dict, tmp_path: Path) -> None:
+    """Targets carry a content stamp: a resumed job reuses a finished target only when its file
+    is unchanged, so a replaced image is transferred again (it used to keep the old answer)."""
+    import shutil
+
+    copy = {**scene, "images": tmp_path / "images", "sources": tmp_path / "sources.json"}
+    shutil.copytree(scene["images"], copy["images"])
+    shutil.copy(scene["sources"], copy["sources"])
+    out = tmp_path / "labels.json"
+    first = _run(copy, out)
+    assert first["annotations"] == whole["annotations"]
+    replaced = copy["images"] / "img3.png"
+    Image.open(copy["images"] / "img4.png").save(replaced)  # another picture, same name
+    counting = _DyingSIFT(die_at=None)
+    second = _run(copy, out, counting)
+    assert counting.calls == 2 + 1  # the two sources, then one batch: the replaced target only
+    index = [im["file_name"] for im in second["images"]].index("img3.png")
+    fresh = second["annotations"][index]["keypoints"]
+    assert fresh != first["annotations"][index]["keypoints"]
+    assert fresh == first["annotations"][index + 1]["keypoints"]  # = img4's answer
+
+
 def test_resume_refuses_other_job(scene: dict, tmp_path: Path) -> None:
     out = tmp_path / "out.json"
     targets = scene["paths"][2:4]

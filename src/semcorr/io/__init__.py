@@ -1,6 +1,6 @@
 """Stage 0: reading images and writing results."""
 
-from semcorr.io.files import atomic_write_bytes, atomic_write_json
+from semcorr.io.files import atomic_write_bytes, atomic_write_json, quick_stamp
 from semcorr.io.image import (
     MAX_PIXELS,
     load_image,
@@ -22,5 +22,6 @@ __all__ = [
     "parse_points",
     "pil_to_tensor",
     "pixel_cap",
+    "quick_stamp",
     "to_rgb8",
 ]

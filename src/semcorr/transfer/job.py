@@ -12,7 +12,7 @@ import torch
 
 from semcorr.errors import ImageError, InputError
 from semcorr.features.base import Backbone
-from semcorr.io import atomic_write_json, load_image
+from semcorr.io import atomic_write_json, load_image, quick_stamp
 from semcorr.match.refine import refiner_with_options
 from semcorr.pipeline import Matcher
 from semcorr.transfer.annotations import TransferSources, list_images, load_annotations
@@ -41,6 +41,12 @@ def _load_batch(paths: Sequence[Path]) -> tuple[list[Path], list[torch.Tensor], 
         except (ImageError, InputError) as exc:
             errors[str(path)] = {"error": str(exc)}
     return ok, images, errors
+
+
+def _still_current(record: dict[str, Any] | None, path: Path) -> bool:
+    """Whether a resumed job may keep ``record`` of target ``path``: it exists and was made from
+    the same file content (a replaced or edited image is done again)."""
+    return record is not None and record.get("stamp") == quick_stamp(path)
 
 
 def main(
@@ -99,7 +105,8 @@ def main(
     parts = _open_state(out, fingerprint, overwrite, rank == 0)
     distributed.barrier()
     done = read_parts(parts)
-    pending = [t for t in distributed.shard(targets, rank, world_size) if str(t) not in done]
+    pending = [t for t in distributed.shard(targets, rank, world_size)
+               if not _still_current(done.get(str(t)), t)]
     position = {t: i for i, t in enumerate(targets)}
     if on_start is not None:
         on_start(len(pending))
@@ -144,6 +151,8 @@ def _run(
                 result = _transfer_batch(matcher, prepared, features, transforms, config)
             for i, (path, transform) in enumerate(zip(paths, transforms, strict=True)):
                 records[str(path)] = _record(result, i, transform)
+        for path in batch:
+            records[str(path)]["stamp"] = quick_stamp(path)
         name = f"part-{rank:03d}-{index_of[batch[0]]:07d}.json"
         atomic_write_json(parts / name, {"targets": records}, indent=None)
         if progress is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -56,3 +57,37 @@ def test_failure_during_work_is_one_line_exit_1(monkeypatch: pytest.MonkeyPatch,
 def test_help_still_exits_zero() -> None:
     done = run_cli("eval", "--help")
     assert done.returncode == 0 and "--preset" in done.stdout
+
+
+def _unwritable_cases(tmp: Path) -> list[tuple[list[str], str]]:
+    from semcorr.samples import sample_dir
+
+    cat = str(sample_dir() / "chelsea.jpg")
+    afile = tmp / "afile"
+    afile.write_text("x")
+    return [
+        (["match", cat, cat, "--points", "1,1", "--out", str(afile)], "is a file, not a folder"),
+        (["match", cat, cat, "--points", "1,1", "--out", str(afile / "x")],
+         "lies under the file"),
+        (["match", cat, cat, "--points", "1,1", "--out", "/proc/semcorr"], "cannot write in"),
+        (["show", "features", cat, "--out", "/proc/semcorr"], "cannot write in"),
+        (["extract", "--cache", str(afile), cat], "--cache"),
+        (["extract", "--cache", str(tmp / "c"), str(tmp / "missing.png")], "none of the 1 image"),
+        (["train", "r2d2", str(tmp / "nowhere"), "--out", str(tmp / "r")], "no such image folder"),
+        (["train", "r2d2", str(sample_dir()), "--out", str(afile)], "is a file, not a folder"),
+        (["transfer", "--sources", str(tmp / "s.json"), "--images", str(sample_dir()), "--out",
+          str(afile / "o.json"), "--quiet"], "lies under the file"),
+        (["transfer", "--sources", str(tmp / "s.json"), "--images", str(sample_dir()), "--out",
+          str(tmp / "o.json"), "--sheet", "/proc/semcorr/s.png", "--quiet"], "--sheet"),
+    ]
+
+
+def test_unwritable_or_missing_outputs_refused_before_any_work(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Each reproduction of the issue: exit 2, one line, and nothing left behind."""
+    for argv, message in _unwritable_cases(tmp_path):
+        before = sorted(p.name for p in tmp_path.iterdir())
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("semcorr: error:") and message in err[-1], (argv, err)
+        assert sorted(p.name for p in tmp_path.iterdir()) == before, argv

@@ -14,6 +14,7 @@ from semcorr.cli.common import (
     refiner_from_args,
 )
 from semcorr.errors import InputError
+from semcorr.io import check_output_dir
 
 __all__ = ["add_parser", "parse_dataset_options", "parse_thresholds", "resolve_settings"]
 
@@ -131,6 +132,7 @@ def _run(args: argparse.Namespace, defaults: dict[str, Any]) -> int:
     matcher = Matcher(backbone, refine=refiner_from_args(args, backbone),
                       pose_align=args.pose_align)
     out = args.out or f"semcorr-eval-{args.dataset}-{args.split}"
+    check_output_dir(out)
     results = evaluate(
         matcher,
         dataset,

@@ -45,7 +45,7 @@ from semcorr.features.cache import (
     cached_extract,
     extraction_config,
 )
-from semcorr.io import atomic_write_json
+from semcorr.io import atomic_write_json, check_output_dir
 
 __all__ = ["add_parser", "image_list", "parse_options", "run_extract"]
 
@@ -147,11 +147,14 @@ def _report(summary: ExtractSummary, cache: FeatureCache, info: DistInfo) -> Non
 
 def run_extract(args: argparse.Namespace) -> ExtractSummary:
     """Run the job described by parsed arguments; returns the summary of all ranks."""
+    check_output_dir(args.cache, "--cache")
     device = choose_device(args.device)
     info = init_from_env(use_cuda=device.type == "cuda")
     try:
         device = local_device(device, info)
         ids, paths = image_list(args)
+        if not any(path.is_file() for path in paths):  # nothing to do: create no cache
+            raise InputError(f"none of the {len(paths)} image file(s) exists (first: {paths[0]})")
         options = parse_options(args.option)
         args.backbone = args.backbone or DEFAULT_BACKBONE
         backbone = create_backbone(args.backbone, weights=args.weights, **options)

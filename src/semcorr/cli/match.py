@@ -16,7 +16,7 @@ from semcorr.cli.common import (
     refiner_from_args,
 )
 from semcorr.errors import InputError
-from semcorr.io import atomic_write_json, load_image, parse_points
+from semcorr.io import atomic_write_json, check_output_dir, load_image, parse_points
 from semcorr.pipeline import Matcher, MatchResult
 
 __all__ = ["add_parser", "parse_points", "refuse_dense_options", "run_match", "write_matches"]
@@ -107,6 +107,8 @@ def refuse_dense_options(args: argparse.Namespace) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from semcorr.features.local import list_local_features
+
+    check_output_dir(args.out)
 
     if args.backbone in list_local_features():
         from semcorr.cli.keypoints import run_sparse_match

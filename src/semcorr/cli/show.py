@@ -11,9 +11,10 @@ __all__ = ["add_parser"]
 
 
 def _features(args: argparse.Namespace) -> int:
-    from semcorr.io import load_image
+    from semcorr.io import check_output_dir, load_image
     from semcorr.viz.features import pca_pictures, save_pca_pictures
 
+    check_output_dir(args.out)
     images = [load_image(path) for path in args.images]  # names a missing/bad file
     backbone = backbone_from_args(args)
     pictures = pca_pictures(backbone, images, args.foreground_threshold, args.invert_foreground)

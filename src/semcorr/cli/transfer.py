@@ -28,6 +28,7 @@ from semcorr.cli.common import (
     refine_settings,
 )
 from semcorr.errors import JobFailed
+from semcorr.io import check_output_file
 
 __all__ = ["add_parser", "run_transfer"]
 
@@ -37,6 +38,9 @@ def run_transfer(args: argparse.Namespace) -> Path:
     from semcorr.distributed import cleanup, init_from_env, local_device
     from semcorr.transfer import TransferConfig, main
 
+    check_output_file(args.out)
+    if args.sheet is not None:
+        check_output_file(args.sheet, "--sheet")
     device = choose_device(args.device)
     info = init_from_env(use_cuda=device.type == "cuda")
     try:

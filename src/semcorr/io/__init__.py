@@ -1,6 +1,12 @@
 """Stage 0: reading images and writing results."""
 
-from semcorr.io.files import atomic_write_bytes, atomic_write_json, quick_stamp
+from semcorr.io.files import (
+    atomic_write_bytes,
+    atomic_write_json,
+    check_output_dir,
+    check_output_file,
+    quick_stamp,
+)
 from semcorr.io.image import (
     MAX_PIXELS,
     load_image,
@@ -16,6 +22,8 @@ __all__ = [
     "MAX_PIXELS",
     "atomic_write_bytes",
     "atomic_write_json",
+    "check_output_dir",
+    "check_output_file",
     "load_image",
     "load_pil",
     "open_image",

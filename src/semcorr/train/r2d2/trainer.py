@@ -14,7 +14,7 @@ import torch
 
 from semcorr.errors import InputError, WeightsError
 from semcorr.features.r2d2 import R2D2, R2D2Net, build_network, read_checkpoint
-from semcorr.io import atomic_write_bytes, atomic_write_json
+from semcorr.io import atomic_write_bytes, atomic_write_json, check_output_dir
 from semcorr.train.r2d2.losses import R2D2Loss
 from semcorr.train.r2d2.synthetic import SyntheticPairs
 
@@ -123,8 +123,7 @@ def train_r2d2(
     Returns:
         The path of ``model.pt`` (published checkpoint format: ``net`` + ``state_dict``).
     """
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_dir(config.out, "out")  # created by the first write, after the checks
     saved_conf = {k: v for k, v in asdict(config).items() if k != "out"}
     dataset = dataset or SyntheticPairs(config.images, crop=config.crop, seed=config.seed,
                                         length=max(1, config.steps * config.batch_size))

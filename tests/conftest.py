@@ -1,10 +1,12 @@
-"""Shared fixtures: paths to ../shared, real photographs, --runslow."""
+"""Shared fixtures: paths to ../shared, real photographs, one thread, --runslow."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from shared_data import shared_path
 
@@ -22,6 +24,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One intra-op thread for the test (restored after): its numbers then do not depend on the
+    machine's thread count, and small convolutions do not spin threads on a loaded machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -131,6 +131,31 @@ def test_load_coco_unlabelled_and_errors(scene: dict, tmp_path: Path) -> None:
         load_annotations(tmp_path / "missing.json")
 
 
+@pytest.mark.parametrize(("change", "message"), [
+    ({"keypoints": "abc"}, "'keypoints' must be a list of names, got 'abc'"),
+    ({"flip_permutation": [1, 0, 2]}, "'flip_permutation' must list, for each of the 4"),
+    ({"flip_permutation": [1, 0, 9, 2]}, "partner's index in \\[0, 4\\) or -1"),
+    ({"flip_permutation": "1,0,2,3"}, "'flip_permutation' must list"),
+])
+def test_load_coco_refuses_a_bad_category(scene: dict, tmp_path: Path, change: dict,
+                                          message: str) -> None:
+    coco = json.loads(scene["sources"].read_text())
+    coco["categories"][0].update(change)
+    path = tmp_path / "cat.json"
+    path.write_text(json.dumps(coco))
+    with pytest.raises(InputError, match=message):
+        load_annotations(path)
+
+
+def test_corrupt_job_record_is_named(scene: dict, whole: dict, tmp_path: Path) -> None:
+    out = tmp_path / "o.json"
+    parts = out.with_name("o.json.parts")
+    parts.mkdir()
+    (parts / "job.json").write_text("{not json")
+    with pytest.raises(InputError, match=r"job\.json: unreadable record of a previous transfer"):
+        _run(scene, out)
+
+
 def test_load_simple_json(scene: dict, tmp_path: Path) -> None:
     path = tmp_path / "m.json"
     path.write_text(json.dumps({"source": str(scene["paths"][0]), "points": POINTS}))

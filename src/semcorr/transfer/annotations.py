@@ -118,6 +118,11 @@ def _pick_category(path: Path, data: Mapping[str, Any], category: str | None) ->
     cats = [c for c in data.get("categories", []) if isinstance(c, dict) and c.get("keypoints")]
     if not cats:
         raise InputError(f"{path}: no category with a 'keypoints' list")
+    for cat in cats:
+        names = cat["keypoints"]
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise InputError(f"{path}: category {cat.get('name')!r}: 'keypoints' must be a list "
+                             f"of names, got {str(names)[:60]!r}")
     if category is not None:
         chosen = [c for c in cats if str(c.get("name")) == category or str(c.get("id")) == category]
         if not chosen:
@@ -157,6 +162,11 @@ def _coco_sources(
         sources.append(SourceAnnotation(_resolve(str(image["file_name"]), roots),
                                         triplets[:, :2].clone(), triplets[:, 2] > 0))
     perm = cat.get("flip_permutation") or flip_permutation_from_names(cat["keypoints"])
+    if not (isinstance(perm, (list, tuple)) and len(perm) == n and all(
+            isinstance(i, int) and not isinstance(i, bool) and -1 <= i < n for i in perm)):
+        raise InputError(f"{path}: category {cat.get('name')!r}: 'flip_permutation' must list, "
+                         f"for each of the {n} keypoints, its partner's index in [0, {n}) or "
+                         f"-1; got {str(perm)[:60]!r}")
     schema = KeypointSchema(dict(cat), tuple(int(i) for i in perm))
     return TransferSources(schema, sources)
 

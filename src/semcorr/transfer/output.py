@@ -53,7 +53,11 @@ def _open_state(out: Path, fingerprint: str, overwrite: bool, is_main: bool) -> 
         if overwrite and parts.exists():
             shutil.rmtree(parts)
         if info.is_file():
-            found = json.loads(info.read_text()).get("fingerprint")
+            try:
+                found = json.loads(info.read_text()).get("fingerprint")
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+                raise InputError(f"{info}: unreadable record of a previous transfer job; remove "
+                                 f"{parts} or use --overwrite") from None
             if found != fingerprint:
                 raise InputError(f"{parts}: holds results of another transfer job (other "
                                  "sources, backbone or options); use --overwrite or another --out")

@@ -100,3 +100,20 @@ def test_data_prepare_failed_download_lists_missing(tmp_path: Path, capsys) -> N
 def test_data_prepare_verify_only_empty(name: str, tmp_path: Path, capsys) -> None:
     assert main(["data", "prepare", name, "--root", str(tmp_path), "--verify-only"]) == 2
     assert "missing" in capsys.readouterr().out
+
+
+def test_data_prepare_verify_only_opens_every_file(pf_willow_root: Path, tmp_path: Path,
+                                                   capsys) -> None:
+    """Present is not enough: a zero-byte image and a garbage .mat make the dataset incomplete,
+    each named with its reason (the check used to look at file names only)."""
+    root = tmp_path / "pf-willow"
+    shutil.copytree(pf_willow_root, root)
+    png = sorted((root / "car(G)").glob("*.png"))[0]
+    mat = sorted((root / "duck(S)").glob("*.mat"))[0]
+    png.write_bytes(b"")
+    mat.write_bytes(b"MATLAB 5.0 garbage" * 3)
+    assert main(["data", "prepare", "pf-willow", "--root", str(root), "--verify-only"]) == 2
+    out = capsys.readouterr().out
+    assert f"missing car(G)/{png.name}: not a readable image" in out
+    assert f"missing duck(S)/{mat.name}: unreadable" in out
+    assert "2 item(s) missing" in out

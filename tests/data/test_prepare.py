@@ -73,14 +73,33 @@ def server() -> Iterator[tuple[str, type[_Files]]]:
     httpd.server_close()
 
 
+def tiny_image_bytes(kind: str = "PNG", side: int = 4, shade: int = 0) -> bytes:
+    """A real, decodable image of ``side`` x ``side`` pixels (the check opens every file)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side), (shade, shade, shade)).save(buffer, format=kind)
+    return buffer.getvalue()
+
+
+def tiny_mat_bytes() -> bytes:
+    """A real ``.mat`` holding a 2x10 ``pts_coord``, like PF-WILLOW's."""
+    from scipy.io import savemat
+
+    buffer = io.BytesIO()
+    savemat(buffer, {"pts_coord": np.ones((2, 10))})
+    return buffer.getvalue()
+
+
 def tiny_willow_zip() -> bytes:
     """PF-dataset.zip's layout (top folder PF-dataset/, 10 classes x 10 .png + .mat), tiny."""
     buffer = io.BytesIO()
+    mat = tiny_mat_bytes()
     with zipfile.ZipFile(buffer, "w") as zf:
         for cls in PF_WILLOW_CLASSES:
             for i in range(10):
-                zf.writestr(f"PF-dataset/{cls}/img_{i:03d}.png", b"png" * (i + 1))
-                zf.writestr(f"PF-dataset/{cls}/img_{i:03d}.mat", b"mat")
+                zf.writestr(f"PF-dataset/{cls}/img_{i:03d}.png", tiny_image_bytes(shade=i))
+                zf.writestr(f"PF-dataset/{cls}/img_{i:03d}.mat", mat)
     return buffer.getvalue()
 
 
@@ -179,7 +198,7 @@ def test_prepare_downloads_pf_willow(server: tuple[str, type[_Files]], tmp_path:
     report = prepare("pf-willow", root, mirror=url, progress=False)
     assert report["complete"], report["missing"]
     assert report["downloaded"] == ["PF-dataset.zip"]
-    assert (root / "car(G)" / "img_000.png").read_bytes() == b"png"
+    assert (root / "car(G)" / "img_000.png").read_bytes() == tiny_image_bytes(shade=0)
     assert not (root / ".downloads").exists()
     assert [r for _, r in handler.log] == [None, "bytes=" + str(
         len(handler.files["PF-dataset.zip"]) // 2) + "-"]
@@ -197,6 +216,7 @@ def test_prepare_reports_failed_download(tmp_path: Path) -> None:
 def _ap10k_original(root: Path, seed: int = 0) -> None:
     """A tiny AP-10K: 2 families (3 species) of 60 images each, COCO annotation files."""
     rng = np.random.default_rng(seed)
+    jpeg = tiny_image_bytes("JPEG")
     species = [(1, "dog", "Canidae"), (2, "fox", "Canidae"), (3, "cat", "Felidae")]
     categories = [{"id": i, "name": n, "supercategory": f} for i, n, f in species]
     splits: dict[str, dict] = {s: {"images": [], "annotations": [], "categories": categories}
@@ -218,7 +238,7 @@ def _ap10k_original(root: Path, seed: int = 0) -> None:
             splits[split]["annotations"].append(ann)
             if image_id == 5:  # a crowded image: two animals
                 splits[split]["annotations"].append({**ann, "id": 99999})
-            (root / "data" / name).write_bytes(b"jpg")
+            (root / "data" / name).write_bytes(jpeg)
     (root / "annotations").mkdir()
     for split, data in splits.items():
         (root / "annotations" / f"ap10k-{split}-split1.json").write_text(json.dumps(data))

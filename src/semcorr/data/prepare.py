@@ -9,6 +9,7 @@ Nothing touches the network at import.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from semcorr.data.download import DownloadError, download, extract_archive
-from semcorr.errors import InputError
+from semcorr.errors import InputError, SemcorrError
 
 __all__ = [
     "DATASET_SPECS",
@@ -273,13 +274,51 @@ def _fetch(spec: DatasetSpec, root: Path, mirror: str | None, progress: bool,
             shutil.copyfile(path, root / remote.filename)
 
 
-def check_dataset(name: str, root: str | os.PathLike[str]) -> list[str]:
-    """What is missing from ``root`` for dataset ``name`` (empty = complete)."""
+#: File kinds whose content :func:`unreadable_files` checks, by suffix.
+_READABLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".mat", ".json")
+
+
+def _read_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be used (``None`` when it reads): images decode, ``.mat`` parses,
+    ``.json`` parses."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".mat":
+            from scipy.io import loadmat
+
+            loadmat(str(path))
+        elif suffix == ".json":
+            json.loads(path.read_text(encoding="utf-8"))
+        else:
+            from semcorr.io import load_pil
+
+            load_pil(path)
+    except SemcorrError as exc:
+        return str(exc).removeprefix(f"{path}: ")
+    except Exception as exc:  # noqa: BLE001  (scipy and json raise many types for bad files)
+        return f"unreadable ({type(exc).__name__}: {' '.join(str(exc).split())[:120]})"
+    return None
+
+
+def unreadable_files(root: Path) -> list[str]:
+    """Every image, ``.mat`` and ``.json`` under ``root`` that does not read, as
+    ``"relative/path: reason"``."""
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in _READABLE_SUFFIXES
+                   and p.is_file())
+    found = ((p, _read_problem(p)) for p in files)
+    return [f"{p.relative_to(root)}: {reason}" for p, reason in found if reason is not None]
+
+
+def check_dataset(name: str, root: str | os.PathLike[str], contents: bool = True) -> list[str]:
+    """What is missing from ``root`` for dataset ``name``, then (``contents``) every present
+    file that does not read: a zero-byte image or a garbage ``.mat`` is not "complete"
+    (empty = complete)."""
     spec = _spec(name)
     root = Path(root)
     if not root.is_dir():
         return [f"{root}/ (the folder itself)"]
-    return spec.check(root)
+    problems = spec.check(root)
+    return problems + unreadable_files(root) if contents else problems
 
 
 def _spec(name: str) -> DatasetSpec:

@@ -20,8 +20,10 @@ Prompt modules (only their parameters are trained and saved):
 
 Files: a prompt is saved as ``.safetensors`` holding the prompt module's tensors only, with its
 configuration in the file's metadata (key ``sd4match``) and in a JSON sidecar (``.json``);
-see :func:`save_prompt` / :func:`read_prompt_file`. ``create_backbone("sd4match",
-weights=PROMPT_FILE, sd_weights=SD21_FOLDER)`` rebuilds the backbone from such a file.
+see :func:`save_prompt` / :func:`read_prompt_file`. SD4Match's released ``caption.pt`` and
+``ckpt.pt`` files load as they are (:mod:`semcorr.features.sd4match_official`).
+``create_backbone("sd4match", weights=PROMPT_FILE, sd_weights=SD21_FOLDER)`` rebuilds the
+backbone from either kind of file.
 
 What the features depend on is the backbone's :attr:`~SD4MatchBackbone.condition`: the image
 only (``single``, or ``class`` built with ``category=``), the category (``class``) or the
@@ -53,6 +55,11 @@ from torch import nn
 from semcorr.conventions import check_shape
 from semcorr.errors import InputError, WeightsError
 from semcorr.features.base import Backbone, register_backbone
+from semcorr.features.sd4match_official import (
+    cpm_dino_input,
+    is_official_prompt,
+    read_official_prompt,
+)
 from semcorr.features.stable_diffusion import SD_VARIANTS, StableDiffusionFeatures
 
 __all__ = [
@@ -195,14 +202,22 @@ class PromptEncoder(nn.Module):
         with torch.no_grad():
             return (weight[ids.to(weight.device)] + positions).detach().clone()
 
-    def forward(self, learned: torch.Tensor) -> torch.Tensor:
-        """Conditioning of learned token embeddings.
+    @property
+    def device(self) -> torch.device:
+        """Device of the text encoder."""
+        return self._model.embeddings.token_embedding.weight.device
+
+    def token_sequence(self, learned: torch.Tensor) -> torch.Tensor:
+        """The encoder's input: ``[start, learned, end, pad ...]`` token embeddings.
+
+        This is what SD4Match's released ``caption.pt`` files hold and what its CPM returns.
 
         Args:
             learned: ``(B, L, D)`` with ``L <= max_length - 2``.
 
         Returns:
-            ``(B, T, D)`` final-layer-normed encoder states.
+            ``(B, T, D)``: fixed tokens with their token + position embeddings, learned ones as
+            given.
         """
         dims = check_shape(learned, "B L D", "learned tokens")
         if dims["L"] > self.max_learned or dims["D"] != self.dim:
@@ -212,8 +227,19 @@ class PromptEncoder(nn.Module):
             )
         b, length = dims["B"], dims["L"]
         template = self.embed_ids(self.token_ids(length, learned.device)).to(learned.dtype)
-        tokens = torch.cat([template[:, :1].expand(b, -1, -1), learned,
-                            template[:, length + 1 :].expand(b, -1, -1)], dim=1)
+        return torch.cat([template[:, :1].expand(b, -1, -1), learned,
+                          template[:, length + 1 :].expand(b, -1, -1)], dim=1)
+
+    def forward(self, learned: torch.Tensor) -> torch.Tensor:
+        """Conditioning of learned token embeddings.
+
+        Args:
+            learned: ``(B, L, D)`` with ``L <= max_length - 2``.
+
+        Returns:
+            ``(B, T, D)`` final-layer-normed encoder states.
+        """
+        tokens = self.token_sequence(learned)
         hidden = self._model.encoder(inputs_embeds=tokens,
                                      attention_mask=_causal_mask(tokens)).last_hidden_state
         return self._model.final_layer_norm(hidden)
@@ -377,7 +403,8 @@ class SD4MatchBackbone(Backbone):
         """Learned token embeddings ``(B, L, D)`` of B pairs.
 
         Args:
-            images0, images1: ``(B, 3, S, S)`` normalised source/target images (``cpm``).
+            images0, images1: ``(B, 3, c, c)`` DINOv2 inputs of the sources and targets in
+                [0, 1] (``cpm``; see :meth:`dino_inputs`).
             categories: B category names (``class``).
             batch_size: B (``single``; else taken from the other arguments).
         """
@@ -393,17 +420,37 @@ class SD4MatchBackbone(Backbone):
             raise InputError("sd4match: a cpm prompt needs both images of the pair")
         return self.prompt(self.dino_tokens(images0), self.dino_tokens(images1))
 
-    def dino_tokens(self, images: torch.Tensor) -> torch.Tensor:
-        """DINOv2 patch tokens ``(B, P, C)`` of normalised SD inputs ``(B, 3, S, S)``."""
-        assert self.dino is not None
-        unit = images * images.new_tensor(self.info.std).view(1, 3, 1, 1) + images.new_tensor(
-            self.info.mean).view(1, 3, 1, 1)
+    def dino_inputs(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The CPM's DINOv2 inputs of original images, as the official code makes them
+        (:func:`~semcorr.features.sd4match_official.cpm_dino_input`: shortest edge to
+        ``8/7`` of the crop, bicubic, centre crop to the DINOv2 input side).
+
+        Args:
+            images: B images ``(3, H_i, W_i)`` in [0, 1].
+
+        Returns:
+            ``(B, 3, c, c)`` in [0, 1] on the backbone's device (``c`` 224 for 16 patches).
+        """
+        if self.dino is None:
+            raise InputError("sd4match: only a cpm prompt has DINOv2 inputs")
         side = self.dino.info.image_size
-        resized = F.interpolate(unit, size=(side, side), mode="bilinear", align_corners=False,
-                                antialias=True)
+        return torch.stack([cpm_dino_input(img, side) for img in images]).to(self.device)
+
+    def dino_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        """DINOv2 patch tokens ``(B, P, C)`` (after the final norm) of DINOv2 inputs
+        ``(B, 3, c, c)`` in [0, 1] (:meth:`dino_inputs`)."""
+        assert self.dino is not None
+        check_shape(pixels, f"B 3 {self.dino.info.image_size} {self.dino.info.image_size}",
+                    "DINOv2 inputs")
         with torch.no_grad():
-            maps = self.dino(resized.clamp(0, 1))  # (B, C, p, p)
+            maps = self.dino(pixels)  # (B, C, p, p)
         return maps.flatten(2).transpose(1, 2)
+
+    def _unnormalized(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Normalised SD inputs ``(B, 3, S, S)`` back to B images in [0, 1]."""
+        std = images.new_tensor(self.info.std).view(1, 3, 1, 1)
+        mean = images.new_tensor(self.info.mean).view(1, 3, 1, 1)
+        return list((images.detach() * std + mean).clamp(0, 1))
 
     def conditioning(self, learned: torch.Tensor) -> torch.Tensor:
         """U-Net conditioning ``(B, T, D)`` of learned tokens ``(B, L, D)``."""
@@ -418,18 +465,28 @@ class SD4MatchBackbone(Backbone):
         return F.normalize(self.sd.features(images, context), dim=1)
 
     def pair_features(self, images0: torch.Tensor, images1: torch.Tensor,
-                      categories: Sequence[str] | None = None
+                      categories: Sequence[str] | None = None,
+                      dino_inputs: tuple[torch.Tensor, torch.Tensor] | None = None,
                       ) -> tuple[torch.Tensor, torch.Tensor]:
         """Features of B pairs, both images conditioned on the pair's prompt.
 
         Args:
             images0, images1: ``(B, 3, S, S)`` normalised source and target images.
             categories: B category names (``class`` prompts).
+            dino_inputs: the CPM's DINOv2 inputs of the original source and target images
+                (:meth:`dino_inputs`), as the official code makes them. Default: made from
+                ``images0``/``images1`` taken as the original images (exact for inputs that
+                are the images themselves, e.g. synthetic square pairs).
 
         Returns:
             ``(B, C, h, w)`` unit-norm source and target features.
         """
-        context = self.conditioning(self.learned_tokens(images0, images1, categories,
+        dino0 = dino1 = None
+        if self.config.kind == "cpm":
+            dino0, dino1 = dino_inputs if dino_inputs is not None else (
+                self.dino_inputs(self._unnormalized(images0)),
+                self.dino_inputs(self._unnormalized(images1)))
+        context = self.conditioning(self.learned_tokens(dino0, dino1, categories,
                                                         batch_size=images0.shape[0]))
         return (self.conditioned_features(images0, context),
                 self.conditioned_features(images1, context))
@@ -453,8 +510,9 @@ class SD4MatchBackbone(Backbone):
 
         Args:
             category: the category (``class`` prompts; default: the backbone's ``category``).
-            pair: source and target images ``(3, H_i, W_i)`` in [0, 1] (``cpm`` prompts); they
-                are resized and padded like any input, and their DINOv2 tokens feed the CPM.
+            pair: source and target images ``(3, H_i, W_i)`` in [0, 1] (``cpm`` prompts); their
+                DINOv2 tokens (:meth:`dino_inputs`, made from these original images as in the
+                official code) feed the CPM.
 
         Returns:
             ``self`` for a ``single`` prompt, else a :class:`PromptedBackbone`.
@@ -473,9 +531,8 @@ class SD4MatchBackbone(Backbone):
         else:
             if pair is None:
                 raise InputError("sd4match: a cpm prompt needs the pair's two images")
-            batch, _ = self.prepare(list(pair))
-            normalised = self.normalize(batch)
-            tokens, label = self.learned_tokens(normalised[:1], normalised[1:]), "pair"
+            pixels = self.dino_inputs(list(pair))
+            tokens, label = self.learned_tokens(pixels[:1], pixels[1:]), "pair"
         with torch.no_grad():
             context = self.conditioning(tokens)
         return PromptedBackbone(self, context, label)
@@ -544,15 +601,20 @@ def save_prompt(path: str | os.PathLike[str], prompt: nn.Module, config: PromptC
 
 def read_prompt_file(path: str | os.PathLike[str]
                      ) -> tuple[PromptConfig, dict[str, torch.Tensor]]:
-    """The configuration and tensors of a prompt file written by :func:`save_prompt`.
+    """The configuration and tensors of a prompt file written by :func:`save_prompt`, or of
+    SD4Match's released ``caption.pt`` / ``ckpt.pt`` (or its folder).
 
-    The configuration comes from the file's metadata, else from the ``.json`` sidecar.
+    The configuration comes from the file's metadata, else from the ``.json`` sidecar (for a
+    released file: from its tensors and folder name).
 
     Raises:
         WeightsError: naming the file when it is missing, unreadable or not a prompt file.
     """
     from safetensors import SafetensorError, safe_open
 
+    if is_official_prompt(path):
+        official = read_official_prompt(path)
+        return official.config, official.state
     file = Path(path).expanduser()
     if not file.is_file():
         raise WeightsError(f"{file}: no such prompt file")
@@ -609,7 +671,10 @@ def create_sd4match(
 
     Args:
         weights: a prompt file (:func:`save_prompt`); its settings replace ``prompt``,
-            ``categories``, lengths, ``sd``, ``timestep`` and ``image_size``. ``None``: a new
+            ``categories``, lengths, ``sd``, ``timestep`` and ``image_size``. Or SD4Match's
+            released ``caption.pt`` / ``ckpt.pt`` (or its folder, see
+            :mod:`semcorr.features.sd4match_official`): the kind, categories and lengths come
+            from the file, ``timestep`` and ``image_size`` from the arguments. ``None``: a new
             prompt (random vocabulary embeddings for ``single``/``class``, uniform for ``cpm``).
         sd_weights: diffusers folder or hub id of Stable Diffusion (default: SD 2.1).
         dino_weights: DINOv2 ViT-B/14 weights (``cpm`` only).
@@ -629,8 +694,12 @@ def create_sd4match(
     from semcorr.features.stable_diffusion import create_stable_diffusion
     from semcorr.hub import resolve_weights
 
-    state = None
-    if weights is not None:
+    state, official = None, None
+    if weights is not None and is_official_prompt(weights):
+        official = read_official_prompt(weights)
+        config = replace(official.config, timestep=timestep, image_size=image_size)
+        state = official.state
+    elif weights is not None:
         config, state = read_prompt_file(weights)
     else:
         if prompt not in PROMPT_KINDS:
@@ -655,6 +724,9 @@ def create_sd4match(
         config = replace(config, dim=text.dim,
                          dino_dim=int(dino.info.extra["dim"]) if dino is not None else 768)
     _check_fits(config, text, dino, weights)
+    if official is not None and official.sequence_length not in (None, text.max_length):
+        raise WeightsError(f"{official.file}: sequences of {official.sequence_length} tokens; "
+                           f"this text encoder takes {text.max_length}")
     module = build_prompt(config)
     if state is None:
         _initialise(module, config, text, init_seed)
@@ -662,9 +734,9 @@ def create_sd4match(
         _load_prompt_state(module, state, str(weights))
     backbone = SD4MatchBackbone(features, text, module, config, dino=dino, category=category)
     if weights is not None:
-        backbone.prompt_file = str(Path(weights).expanduser())
-        backbone.prompt_sha256 = hashlib.sha256(Path(weights).expanduser().read_bytes()
-                                                ).hexdigest()[:16]
+        file = official.file if official is not None else Path(weights).expanduser()
+        backbone.prompt_file = str(file)
+        backbone.prompt_sha256 = hashlib.sha256(file.read_bytes()).hexdigest()[:16]
     return backbone
 
 

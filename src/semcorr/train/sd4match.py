@@ -9,14 +9,27 @@ cells) by bilinear sampling: ``-sum_o g(o) log p(t + o)`` over window offsets ``
 map, averaged over valid keypoints. ``g`` is normalised to sum to 1 over the whole window (the
 reference leaves it as the continuous density, a constant factor ~1.01).
 
-Training (``semcorr train sd4match``): only the prompt module learns (Adam, constant lr); the
-Stable Diffusion backbone is frozen. Pairs are synthetic: images from a folder, resized to the
-input square, warped by random similarity transforms with known ground truth
-(:mod:`semcorr.geometry.warp`); a ``class`` prompt uses each image's file stem as its category.
+Training (``semcorr train sd4match``): only the prompt module learns (Adam, constant lr; a
+CPM's linear layers at a tenth of it, as the official ``train_cpm.py``); the Stable Diffusion
+backbone is frozen; timestep 261. Pairs come from
+
+* a benchmark's training split (``dataset=spair|pf-pascal|keypoints-json root=DIR``),
+  prepared as the official code does (:mod:`semcorr.train.sd4match_pairs`: images stretched
+  to the square, keypoints scaled and read corner-aligned, PF-PASCAL's flipped rows mirrored,
+  loss averaged per pair, the CPM's DINOv2 input cut from the original image), in seeded
+  epochs; the official epochs are the default (SPair-71k 5, PF-PASCAL 90,
+  ``script/*/sd4match_*.sh``); a ``class`` prompt has one row per category;
+* or synthetic pairs (``dataset=synthetic images=DIR``): images from a folder, resized to the
+  input square, warped by random similarity transforms with known ground truth
+  (:mod:`semcorr.geometry.warp`); a ``class`` prompt uses each image's file stem as its
+  category.
+
 Checkpoints: ``OUT/last.pt`` (prompt, optimizer, RNG, step; resumed automatically) and
 ``OUT/prompt.safetensors`` + ``OUT/prompt.json`` (prompt tensors only, for
-``create_backbone("sd4match", weights=...)``). Under ``torchrun`` each rank draws its own pairs
-and gradients are averaged (DDP over the prompt module).
+``create_backbone("sd4match", weights=...)``); with ``export_official=true`` also
+``OUT/official/<prompt type>/caption.pt`` or ``ckpt.pt``, the released layout. Under
+``torchrun`` each rank draws its own pairs and gradients are averaged (DDP over the prompt
+module).
 """
 
 from __future__ import annotations
@@ -39,8 +52,10 @@ from semcorr.match.rules import kernel_soft_argmax2d
 from semcorr.match.similarity import cosine_similarity, grid_to_normalized, sample_descriptors
 
 __all__ = [
+    "OFFICIAL_EPOCHS",
     "SD4MatchTrainConfig",
     "SyntheticPairs",
+    "TRAIN_DATASETS",
     "add_sd4match_parser",
     "build_backbone",
     "config_from_sources",
@@ -51,8 +66,11 @@ __all__ = [
     "next_batch",
     "pixels_to_cells",
     "predict_cells",
+    "prompt_optimizer",
     "sd4match_loss",
+    "total_steps",
     "train_sd4match",
+    "training_data",
     "training_step",
 ]
 
@@ -101,7 +119,7 @@ def matching_probabilities(descriptors: torch.Tensor, features: torch.Tensor,
 
 def gaussian_cross_entropy(probs: torch.Tensor, targets: torch.Tensor,
                            valid: torch.Tensor | None = None, size: int = 7,
-                           sigma: float | None = None) -> torch.Tensor:
+                           sigma: float | None = None, average: str = "points") -> torch.Tensor:
     """Cross-entropy of matching distributions against Gaussian targets.
 
     For each keypoint: ``-sum_o g(o) log p(t + o)``, ``o`` over the ``size x size`` integer
@@ -112,10 +130,14 @@ def gaussian_cross_entropy(probs: torch.Tensor, targets: torch.Tensor,
         targets: ``(B, N, 2)`` ground-truth grid coordinates (x, y), cell centres at integers.
         valid: ``(B, N)`` boolean, True for keypoints that count (default all).
         size, sigma: the Gaussian window (see :func:`gaussian_kernel`).
+        average: ``points``: the mean over all valid keypoints of the batch; ``pairs``: the
+            mean over each pair's valid keypoints, then over pairs (the official loss).
 
     Returns:
-        Scalar: the mean over valid keypoints (0 when there are none, still differentiable).
+        Scalar (0 when there is no valid keypoint, still differentiable).
     """
+    if average not in ("points", "pairs"):
+        raise InputError(f"average must be 'points' or 'pairs', got {average!r}")
     dims = check_shape(probs, "B N h w", "probs")
     check_shape(targets, f"{dims['B']} {dims['N']} 2", "targets")
     b, n, h, w = dims["B"], dims["N"], dims["h"], dims["w"]
@@ -130,15 +152,16 @@ def gaussian_cross_entropy(probs: torch.Tensor, targets: torch.Tensor,
                             align_corners=False, padding_mode="border").view(b, n, size, size)
     log_p = torch.log(sampled.clamp_min(torch.finfo(sampled.dtype).tiny))
     per_point = -(kernel * log_p).masked_fill(~inside, 0.0).sum(dim=(-2, -1))  # (B, N)
-    if valid is None:
-        return per_point.mean()
-    weight = valid.to(per_point.dtype)
+    weight = per_point.new_ones(b, n) if valid is None else valid.to(per_point.dtype)
+    if average == "pairs":
+        return ((per_point * weight).sum(1) / weight.sum(1).clamp_min(1.0)).mean()
     return (per_point * weight).sum() / weight.sum().clamp_min(1.0)
 
 
 def sd4match_loss(features0: torch.Tensor, features1: torch.Tensor, cells0: torch.Tensor,
                   cells1: torch.Tensor, valid: torch.Tensor | None = None, beta: float = 0.04,
-                  size: int = 7, sigma: float | None = None) -> torch.Tensor:
+                  size: int = 7, sigma: float | None = None, average: str = "points"
+                  ) -> torch.Tensor:
     """SD4Match's loss on a batch of pairs.
 
     Args:
@@ -147,13 +170,14 @@ def sd4match_loss(features0: torch.Tensor, features1: torch.Tensor, cells0: torc
         valid: ``(B, N)`` boolean (default all).
         beta: softmax temperature.
         size, sigma: the Gaussian target window.
+        average: ``points`` or ``pairs`` (see :func:`gaussian_cross_entropy`).
 
     Returns:
         Scalar loss.
     """
     descriptors = sample_descriptors(features0, cells0.to(features0.dtype))
     probs = matching_probabilities(descriptors, features1, beta)
-    return gaussian_cross_entropy(probs, cells1, valid, size, sigma)
+    return gaussian_cross_entropy(probs, cells1, valid, size, sigma, average)
 
 
 def predict_cells(features0: torch.Tensor, features1: torch.Tensor, cells0: torch.Tensor,
@@ -273,6 +297,13 @@ class SD4MatchTrainConfig:
     """Settings of ``semcorr train sd4match`` (published values where they exist).
 
     Attributes:
+        dataset: ``synthetic`` (warped images) or a benchmark: ``spair``, ``pf-pascal``,
+            ``keypoints-json``.
+        root: the benchmark's folder, as downloaded.
+        split: its training split (default ``trn`` for SPair-71k and PF-PASCAL, ``train``).
+        epochs: passes over a benchmark's pairs (default: the official 5 for SPair-71k, 90
+            for PF-PASCAL; ``steps`` otherwise); ``steps`` is then derived from it.
+        export_official: also write the prompt in SD4Match's released layout.
         images: folder of training images (synthetic pairs).
         out: output folder.
         prompt: ``single``, ``class`` or ``cpm``.
@@ -295,6 +326,11 @@ class SD4MatchTrainConfig:
         device: torch device (default cuda if available).
     """
 
+    dataset: str = "synthetic"
+    root: str = ""
+    split: str | None = None
+    epochs: int | None = None
+    export_official: bool = False
     images: str = ""
     out: str = ""
     prompt: str = "single"
@@ -319,29 +355,82 @@ class SD4MatchTrainConfig:
 
     def check(self) -> None:
         """Raise :class:`InputError` for missing or impossible settings."""
-        if not self.images or not self.out:
+        if self.dataset not in TRAIN_DATASETS:
+            raise InputError(f"sd4match training: dataset must be one of {TRAIN_DATASETS}, "
+                             f"got {self.dataset!r}")
+        if self.dataset == "synthetic" and (not self.images or not self.out):
             raise InputError("sd4match training needs images=FOLDER and out=FOLDER")
+        if self.dataset != "synthetic" and (not self.root or not self.out):
+            raise InputError(f"sd4match training on {self.dataset} needs --root DIR and "
+                             "out=FOLDER")
+        if self.epochs is not None and self.epochs < 1:
+            raise InputError("sd4match training: epochs must be >= 1")
         if self.steps < 1 or self.batch_size < 1 or self.num_points < 1:
             raise InputError("sd4match training: steps, batch_size, num_points must be >= 1")
         if self.beta <= 0 or self.lr <= 0:
             raise InputError("sd4match training: beta and lr must be positive")
 
 
+#: Where training pairs come from.
+TRAIN_DATASETS: tuple[str, ...] = ("synthetic", "spair", "pf-pascal", "keypoints-json")
+#: The official epochs (script/spair/*.sh, script/pfpascal/*.sh) and training splits.
+OFFICIAL_EPOCHS: dict[str, int] = {"spair": 5, "pf-pascal": 90}
+_TRAIN_SPLITS: dict[str, str] = {"spair": "trn", "pf-pascal": "trn", "keypoints-json": "train"}
+#: Dataset names in the official prompt folders.
+_OFFICIAL_DATASET_NAMES: dict[str, str] = {"spair": "spair", "pf-pascal": "pfpascal"}
+
 #: Settings that may change when resuming (the rest must match the checkpoint).
-_RESUMABLE = {"steps", "checkpoint_every", "device", "out"}
+_RESUMABLE = {"steps", "epochs", "checkpoint_every", "device", "out", "export_official"}
 
 
 def config_from_sources(file: str | None = None, overrides: Sequence[str] = (),
-                        prompt: str | None = None) -> SD4MatchTrainConfig:
-    """Defaults < file (YAML/JSON) < ``key=value`` overrides < ``--prompt``."""
+                        prompt: str | None = None, **flags: Any) -> SD4MatchTrainConfig:
+    """Defaults < file (YAML/JSON) < ``key=value`` overrides < ``--prompt`` and the other
+    flags given (``dataset``, ``root``, ``export_official``; ``None`` = not given)."""
     from semcorr.config import build_config, parse_overrides
 
     layer = parse_overrides(list(overrides))
     if prompt is not None:
         layer["prompt"] = prompt
+    layer.update({k: v for k, v in flags.items() if v is not None})
     config = build_config(SD4MatchTrainConfig, file, layer)
     config.check()
     return config
+
+
+def total_steps(config: SD4MatchTrainConfig, pairs: int | None, world_size: int = 1) -> int:
+    """Optimisation steps: ``epochs`` (default the official ones) over ``pairs`` benchmark
+    pairs, else ``config.steps``."""
+    from semcorr.train.sd4match_pairs import steps_per_epoch
+
+    epochs = config.epochs if config.epochs is not None else OFFICIAL_EPOCHS.get(config.dataset)
+    if pairs is None or epochs is None:
+        return config.steps
+    return epochs * steps_per_epoch(pairs, config.batch_size, world_size)
+
+
+def training_data(config: SD4MatchTrainConfig) -> Any:
+    """The pairs to train on: :class:`SyntheticPairs` or
+    :class:`~semcorr.train.sd4match_pairs.AnnotatedPairs` of the benchmark's training split."""
+    if config.dataset == "synthetic":
+        return SyntheticPairs(list_images(config.images), config.image_size, config.num_points)
+    from semcorr.data import create_dataset
+    from semcorr.train.sd4match_pairs import AnnotatedPairs
+
+    split = config.split or _TRAIN_SPLITS[config.dataset]
+    dataset = create_dataset(config.dataset, config.root, split=split)
+    dino_side = config.dino_patches * 14 if config.prompt == "cpm" else None
+    return AnnotatedPairs(dataset, config.image_size, dino_side)
+
+
+def prompt_optimizer(prompt: nn.Module, lr: float) -> torch.optim.Optimizer:
+    """Adam over the prompt; a CPM's two linear layers learn at ``lr / 10`` (``train_cpm.py``)."""
+    slow = [p for n, p in prompt.named_parameters()
+            if n.startswith(("project_channels.", "mix_patches."))]
+    fast = [p for n, p in prompt.named_parameters()
+            if not n.startswith(("project_channels.", "mix_patches."))]
+    groups = [{"params": fast}] + ([{"params": slow, "lr": 0.1 * lr}] if slow else [])
+    return torch.optim.Adam(groups, lr=lr)
 
 
 # ---------------------------------------------------------------------------------- trainer
@@ -359,13 +448,21 @@ def build_backbone(config: SD4MatchTrainConfig, categories: Sequence[str]) -> nn
     )
 
 
-def next_batch(data: SyntheticPairs, config: SD4MatchTrainConfig,
-               generator: torch.Generator) -> dict[str, Any]:
-    """The next training batch, drawn from ``generator``.
+def next_batch(data: Any, config: SD4MatchTrainConfig, generator: torch.Generator,
+               step: int = 0, rank: int = 0, world_size: int = 1) -> dict[str, Any]:
+    """The batch of ``step``.
 
-    With ``config.pairs > 0`` the pairs come from a fixed pool: pair ``p`` is image
-    ``p % #images`` under a warp seeded by ``(seed, p)``; otherwise every pair is fresh.
+    Annotated pairs: the ``step``-th slice of seeded per-epoch permutations
+    (:func:`~semcorr.train.sd4match_pairs.epoch_indices`). Synthetic pairs, drawn from
+    ``generator``: with ``config.pairs > 0`` from a fixed pool (pair ``p`` is image
+    ``p % #images`` under a warp seeded by ``(seed, p)``); otherwise every pair is fresh.
     """
+    if not isinstance(data, SyntheticPairs):
+        from semcorr.train.sd4match_pairs import epoch_indices
+
+        indices = epoch_indices(len(data), config.batch_size, world_size, rank, step,
+                                config.seed)
+        return data.collate([data.sample(i) for i in indices])
     count = len(data.paths)
     if config.pairs > 0:
         pool = torch.randint(0, config.pairs, (config.batch_size,), generator=generator)
@@ -379,17 +476,29 @@ def next_batch(data: SyntheticPairs, config: SD4MatchTrainConfig,
 
 def training_step(backbone: nn.Module, batch: dict[str, Any], config: SD4MatchTrainConfig
                   ) -> torch.Tensor:
-    """The loss of one batch (prompt parameters carry the gradient)."""
+    """The loss of one batch (prompt parameters carry the gradient).
+
+    Synthetic pairs read keypoints at pixel centres and average over keypoints; annotated
+    pairs follow the official code (corner-aligned grid, average per pair, DINOv2 inputs from
+    the original images).
+    """
+    from semcorr.train.sd4match_pairs import stretched_to_cells
+
     device = backbone.device
     x0 = backbone.normalize(batch["image0"].to(device))
     x1 = backbone.normalize(batch["image1"].to(device))
-    f0, f1 = backbone.pair_features(x0, x1, batch["category"])
-    stride = backbone.stride
-    return sd4match_loss(
-        f0, f1, pixels_to_cells(batch["points0"].to(device), stride),
-        pixels_to_cells(batch["points1"].to(device), stride), batch["valid"].to(device),
-        beta=config.beta, size=config.kernel_size,
-    )
+    dino = (batch["dino0"].to(device), batch["dino1"].to(device)) if "dino0" in batch else None
+    f0, f1 = backbone.pair_features(x0, x1, batch["category"], dino_inputs=dino)
+    p0, p1 = batch["points0"].to(device), batch["points1"].to(device)
+    if config.dataset == "synthetic":
+        c0, c1 = pixels_to_cells(p0, backbone.stride), pixels_to_cells(p1, backbone.stride)
+        average = "points"
+    else:
+        c0 = stretched_to_cells(p0, x0.shape[-1], f0.shape[-1])
+        c1 = stretched_to_cells(p1, x1.shape[-1], f1.shape[-1])
+        average = "pairs"
+    return sd4match_loss(f0, f1, c0, c1, batch["valid"].to(device), beta=config.beta,
+                         size=config.kernel_size, average=average)
 
 
 def train_sd4match(config: SD4MatchTrainConfig,
@@ -409,11 +518,13 @@ def train_sd4match(config: SD4MatchTrainConfig,
     joined = torch.distributed.is_available() and torch.distributed.is_initialized()
     dist = distributed.init_from_env(use_cuda=config.device != "cpu")
     device = _device(config.device, dist)
-    data = SyntheticPairs(list_images(config.images), config.image_size, config.num_points)
+    data = training_data(config)
+    steps = total_steps(config, None if isinstance(data, SyntheticPairs) else len(data),
+                        dist.world_size)
     backbone = build_backbone(config, data.categories).to(device)
     backbone.train()
     prompt = backbone.prompt
-    optimizer = torch.optim.Adam(prompt.parameters(), lr=config.lr)
+    optimizer = prompt_optimizer(prompt, config.lr)
     generator = torch.Generator().manual_seed(config.seed + 7919 * dist.rank)
     step, losses = 0, []
     plain = _plain(config)
@@ -424,8 +535,9 @@ def train_sd4match(config: SD4MatchTrainConfig,
         step, losses = state["step"], list(state["extra"].get("losses", []))
     if dist.world_size > 1:
         backbone.prompt = nn.parallel.DistributedDataParallel(prompt)
-    while step < config.steps:
-        loss = training_step(backbone, next_batch(data, config, generator), config)
+    while step < steps:
+        batch = next_batch(data, config, generator, step, dist.rank, dist.world_size)
+        loss = training_step(backbone, batch, config)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -433,14 +545,20 @@ def train_sd4match(config: SD4MatchTrainConfig,
         if progress is not None and dist.is_main:
             progress(step, {"loss": losses[-1]})
         step += 1
-        if dist.is_main and (step % config.checkpoint_every == 0 or step == config.steps):
+        if dist.is_main and (step % config.checkpoint_every == 0 or step == steps):
             out.mkdir(parents=True, exist_ok=True)
             save_checkpoint(out / "last.pt", model=unwrap(backbone.prompt), step=step,
                             optimizer=optimizer, generators={"pairs": generator},
                             extra={"config": plain, "losses": losses})
             save_prompt(out / "prompt.safetensors", unwrap(backbone.prompt), backbone.config)
             atomic_write_json(out / "train.json", {"config": plain, "step": step,
-                                                   "losses": losses})
+                                                   "steps": steps, "losses": losses})
+    if dist.is_main and config.export_official:
+        from semcorr.features.sd4match_official import write_official_prompt
+
+        name = _OFFICIAL_DATASET_NAMES.get(config.dataset, config.dataset.replace("-", ""))
+        write_official_prompt(out / "official", unwrap(backbone.prompt), backbone.config,
+                              backbone.text, name)
     distributed.barrier()
     if not joined:
         distributed.cleanup()
@@ -474,12 +592,14 @@ def _check_resume(path: Path, saved: dict[str, Any], current: dict[str, Any]) ->
 
 # -------------------------------------------------------------------------------------- CLI
 def _run(args: argparse.Namespace) -> int:
-    config = config_from_sources(args.config, args.overrides, args.prompt)
+    config = config_from_sources(args.config, args.overrides, args.prompt,
+                                 dataset=args.dataset, root=args.root,
+                                 export_official=args.export_official or None)
     every = max(1, args.log_every)
 
     def report(step: int, numbers: dict[str, float]) -> None:
-        if (step + 1) % every == 0 or step + 1 == config.steps:
-            print(f"step {step + 1}/{config.steps}  loss {numbers['loss']:.4f}", flush=True)
+        if (step + 1) % every == 0:
+            print(f"step {step + 1}  loss {numbers['loss']:.4f}", flush=True)
 
     path = train_sd4match(config, progress=report)
     if os.environ.get("RANK", "0") == "0":  # one line per job under torchrun
@@ -493,13 +613,22 @@ def add_sd4match_parser(subparsers: argparse._SubParsersAction) -> None:
         "sd4match",
         help="SD4Match prompt tuning of a frozen Stable Diffusion 2.1",
         description="Learn an SD4Match prompt (single, class or cpm) with the Gaussian "
-        "cross-entropy loss on synthetic pairs; settings: defaults < --config file < "
-        "key=value overrides < --prompt; resumable; runs under torchrun.",
+        "cross-entropy loss on a benchmark's training pairs (--dataset spair|pf-pascal|"
+        "keypoints-json --root DIR; the official epochs by default) or on synthetic warps "
+        "(images=DIR); settings: defaults < --config file < key=value overrides < flags; "
+        "resumable; runs under torchrun.",
     )
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="settings, e.g. images=DIR out=runs/sd4m sd_weights=DIR steps=500")
     parser.add_argument("--prompt", choices=("single", "class", "cpm"), default=None,
                         help="prompt module (default single)")
+    parser.add_argument("--dataset", choices=TRAIN_DATASETS, default=None,
+                        help="training pairs: a benchmark's training split, or synthetic "
+                        "warps of images=DIR (default synthetic)")
+    parser.add_argument("--root", default=None, help="the benchmark's folder, as downloaded")
+    parser.add_argument("--export-official", action="store_true",
+                        help="also write OUT/official/<prompt type>/caption.pt or ckpt.pt, "
+                        "SD4Match's released layout")
     parser.add_argument("--config", default=None, help="YAML or JSON file of settings")
     parser.add_argument("--log-every", type=int, default=10, help="print every N steps")
     parser.set_defaults(func=_run)

@@ -1,0 +1,171 @@
+"""Annotated benchmark pairs prepared for SD4Match training as the official code prepares them.
+
+The official training (``train_simple_prompt.py``, ``train_cpm.py``) reads a benchmark's
+training pairs and, per image:
+
+* stretches it to ``size x size`` (``Resize((768, 768))`` on the PIL image: bilinear, aspect
+  ratio ignored, 8-bit result);
+* moves each keypoint to ``(x * size / w, y * size / h)`` (no half-pixel offset) and clamps
+  it into ``[1e-4, size - 1 - 1e-4]``;
+* for a PF-PASCAL training row with ``flip = 1``, mirrors both images after the resize and
+  their keypoints to ``size - x``; the CPM's DINOv2 input is the mirrored original;
+* keeps only the keypoints annotated in both images.
+
+The loss then reads a keypoint ``p`` of the stretched frame at grid coordinate
+``p * (n - 1) / (size - 1)`` of an ``n``-cell map (``align_corners=True`` sampling):
+:func:`stretched_to_cells`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from semcorr.data.base import PairDataset, PairSample
+from semcorr.errors import InputError
+
+__all__ = ["AnnotatedPairs", "KEYPOINT_EPS", "epoch_indices", "steps_per_epoch",
+           "stretched_to_cells"]
+
+#: Margin that keeps stretched keypoints strictly inside the image (the official ``eps``).
+KEYPOINT_EPS = 1e-4
+
+
+def stretched_to_cells(points: torch.Tensor, size: int, cells: int) -> torch.Tensor:
+    """Pixel coordinates of a ``size x size`` image → grid coordinates of a ``cells x cells``
+    map, corners aligned (the official code's convention).
+
+    Args:
+        points: ``(..., 2)`` (x, y) in ``[0, size - 1]``.
+        size: image side.
+        cells: map side.
+
+    Returns:
+        ``(..., 2)`` grid coordinates in ``[0, cells - 1]``.
+    """
+    return points * ((cells - 1) / (size - 1))
+
+
+class AnnotatedPairs:
+    """A benchmark's training pairs as SD4Match's official training sees them.
+
+    Args:
+        dataset: the pairs (:func:`semcorr.data.create_dataset`).
+        size: side of the stretched square (768).
+        dino_side: side of the CPM's DINOv2 input (``None``: no DINOv2 input).
+    """
+
+    def __init__(self, dataset: PairDataset, size: int, dino_side: int | None = None) -> None:
+        if len(dataset) == 0:
+            raise InputError(f"{dataset!r}: no training pairs")
+        self.dataset, self.size, self.dino_side = dataset, size, dino_side
+        self._categories: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def categories(self) -> list[str]:
+        """The category of every pair (a class prompt gets one row per distinct name)."""
+        if self._categories is None:
+            self._categories = [s.category for s in self.dataset]
+        return self._categories
+
+    def _image(self, path: Any, flip: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        from PIL import Image
+
+        from semcorr.features.sd4match_official import cpm_dino_input
+        from semcorr.io import load_pil, pil_to_tensor
+
+        original = load_pil(path)
+        stretched = pil_to_tensor(original.resize((self.size, self.size), Image.BILINEAR))
+        if flip:
+            stretched = stretched.flip(-1)
+        dino = None
+        if self.dino_side is not None:
+            raw = pil_to_tensor(original)
+            dino = cpm_dino_input(raw.flip(-1) if flip else raw, self.dino_side)
+        return stretched, dino
+
+    def _points(self, points: torch.Tensor, image_size: tuple[int, int], flip: bool
+                ) -> torch.Tensor:
+        scale = points.new_tensor([self.size / image_size[0], self.size / image_size[1]])
+        moved = points * scale
+        if flip:
+            moved[:, 0] = self.size - moved[:, 0]
+        return moved.clamp(KEYPOINT_EPS, self.size - 1 - KEYPOINT_EPS)
+
+    def sample(self, index: int) -> dict[str, Any]:
+        """Pair ``index`` prepared for training.
+
+        Returns:
+            ``image0``, ``image1``: ``(3, S, S)`` in [0, 1]; ``points0``, ``points1``:
+            ``(N, 2)`` stretched pixels of the keypoints annotated in both; ``valid``:
+            ``(N,)`` all True; ``category``; ``dino0``, ``dino1``: ``(3, c, c)`` DINOv2 inputs
+            (when ``dino_side`` is set).
+        """
+        pair: PairSample = self.dataset[index]
+        flip = bool(pair.extra.get("flip", 0))
+        image0, dino0 = self._image(pair.source_path, flip)
+        image1, dino1 = self._image(pair.target_path, flip)
+        keep = pair.visible
+        out: dict[str, Any] = {
+            "image0": image0, "image1": image1,
+            "points0": self._points(pair.source_points[keep], pair.source_size, flip),
+            "points1": self._points(pair.target_points[keep], pair.target_size, flip),
+            "valid": torch.ones(int(keep.sum()), dtype=torch.bool),
+            "category": pair.category,
+        }
+        if dino0 is not None:
+            out["dino0"], out["dino1"] = dino0, dino1
+        return out
+
+    @staticmethod
+    def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """Stack samples; keypoints are padded to the batch's largest count (``valid`` False).
+
+        Returns:
+            ``image0``, ``image1``: ``(B, 3, S, S)``; ``points0``, ``points1``: ``(B, N, 2)``;
+            ``valid``: ``(B, N)``; ``category``: B names; ``dino0``, ``dino1``:
+            ``(B, 3, c, c)`` when present.
+        """
+        n = max(int(s["valid"].shape[0]) for s in samples)
+        b = len(samples)
+        points = {k: torch.zeros(b, n, 2) for k in ("points0", "points1")}
+        valid = torch.zeros(b, n, dtype=torch.bool)
+        for i, s in enumerate(samples):
+            count = int(s["valid"].shape[0])
+            points["points0"][i, :count] = s["points0"]
+            points["points1"][i, :count] = s["points1"]
+            valid[i, :count] = True
+        out: dict[str, Any] = {k: torch.stack([s[k] for s in samples])
+                               for k in ("image0", "image1")}
+        out.update(points, valid=valid, category=[s["category"] for s in samples])
+        if "dino0" in samples[0]:
+            out["dino0"] = torch.stack([s["dino0"] for s in samples])
+            out["dino1"] = torch.stack([s["dino1"] for s in samples])
+        return out
+
+
+def epoch_indices(count: int, batch_size: int, world_size: int, rank: int, step: int,
+                  seed: int) -> list[int]:
+    """The pairs of global ``step`` on ``rank``: every epoch is a seeded permutation of the
+    ``count`` pairs split into ``world_size * batch_size`` chunks (the last one wraps around,
+    as a distributed sampler pads), so a resumed run draws the same pairs.
+
+    Returns:
+        ``batch_size`` pair indices.
+    """
+    per_epoch = steps_per_epoch(count, batch_size, world_size)
+    epoch, within = divmod(step, per_epoch)
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(
+        seed * 1_000_003 + epoch))
+    start = (within * world_size + rank) * batch_size
+    return order[(start + torch.arange(batch_size)) % count].tolist()
+
+
+def steps_per_epoch(count: int, batch_size: int, world_size: int = 1) -> int:
+    """Optimisation steps of one pass over ``count`` pairs."""
+    return -(-count // (batch_size * world_size))

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from semcorr.errors import WeightsError
+from semcorr.features.sd4match_prompts import PromptConfig
 
 __all__ = [
     "CPM_KEYS",
@@ -86,7 +87,7 @@ class OfficialPrompt:
         dataset: the dataset named by the folder (``None`` when the folder is renamed).
     """
 
-    config: Any
+    config: PromptConfig
     state: dict[str, torch.Tensor]
     file: Path
     sequence_length: int | None
@@ -145,8 +146,6 @@ def read_official_prompt(path: str | os.PathLike[str]) -> OfficialPrompt:
 
 
 def _read_caption(file: Path, data: dict[str, torch.Tensor]) -> OfficialPrompt:
-    from semcorr.features.sd4match import PromptConfig
-
     name = _SIMPLE_NAME.match(file.parent.name)
     if name is not None and name["hidden"]:
         raise WeightsError(f"{file}: a HiddenState prompt (learned encoder states); semcorr "
@@ -173,8 +172,6 @@ def _read_caption(file: Path, data: dict[str, torch.Tensor]) -> OfficialPrompt:
 
 
 def _read_cpm(file: Path, data: dict[str, torch.Tensor]) -> OfficialPrompt:
-    from semcorr.features.sd4match import PromptConfig
-
     name = _CPM_NAME.match(file.parent.name)
     if name is not None and (name["mode"], name["extractor"], name["feature"]) != (
             "Pair", "DINO", "Feat"):
@@ -204,7 +201,7 @@ def _read_cpm(file: Path, data: dict[str, torch.Tensor]) -> OfficialPrompt:
     return OfficialPrompt(config, state, file, None, name["dataset"] if name else None)
 
 
-def official_prompt_name(config: Any, dataset: str) -> str:
+def official_prompt_name(config: PromptConfig, dataset: str) -> str:
     """The official folder name of a prompt, e.g. ``Class_spair_sd2-1_TokenEmbeds75`` or
     ``CPM_spair_sd2-1_Pair-DINO-Feat-G25-C50``."""
     sd = {v: k for k, v in _SD_NAMES.items()}.get(config.sd, config.sd)
@@ -214,7 +211,7 @@ def official_prompt_name(config: Any, dataset: str) -> str:
     return f"{config.kind.capitalize()}_{dataset}_sd{sd}_TokenEmbeds{config.length}"
 
 
-def write_official_prompt(folder: str | os.PathLike[str], prompt: nn.Module, config: Any,
+def write_official_prompt(folder: str | os.PathLike[str], prompt: nn.Module, config: PromptConfig,
                           text: Any, dataset: str) -> Path:
     """Write a semcorr prompt as the official code saves it.
 

@@ -20,7 +20,12 @@ from semcorr.train.sd4match import (
     sd4match_loss,
     total_steps,
 )
-from semcorr.train.sd4match_pairs import AnnotatedPairs, epoch_indices, stretched_to_cells
+from semcorr.train.sd4match_pairs import (
+    AnnotatedPairs,
+    epoch_indices,
+    nearest_neighbour_pck,
+    stretched_to_cells,
+)
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 REFERENCE = SHARED / "reference" / "ActiveVisionLab+SD4Match"
@@ -35,7 +40,7 @@ def _write_json(path: Path, data: object) -> None:
 
 def _spair_from_photos(root: Path) -> Path:
     """SPair-71k layout, two categories: crops of one photo per category at known offsets,
-    so keypoints correspond exactly; 4 trn and 2 test pairs per category."""
+    so keypoints correspond exactly; 3 trn, 1 val and 2 test pairs per category."""
     from PIL import Image
 
     photos = {"cat": SHARED / "data" / "r2d2" / "boat.png",
@@ -63,8 +68,9 @@ def _spair_from_photos(root: Path) -> Path:
             for b in names:
                 if a is b:
                     continue
-                split = "test" if (a[0][-1], b[0][-1]) in {("0", "1"), ("2", "0")} else "trn"
-                pair_id = f"{len(lists['trn']) + len(lists['test']):06d}-{a[0]}-{b[0]}:{category}"
+                split = {("0", "1"): "test", ("2", "0"): "test", ("1", "2"): "val"}.get(
+                    (a[0][-1], b[0][-1]), "trn")
+                pair_id = f"{sum(map(len, lists.values())):06d}-{a[0]}-{b[0]}:{category}"
                 _write_json(root / "PairAnnotation" / split / f"{pair_id}.json", {
                     "category": category, "src_imname": f"{a[0]}.jpg",
                     "trg_imname": f"{b[0]}.jpg", "src_bndbox": [0, 0, a[2][0] - 1, a[2][1] - 1],
@@ -103,7 +109,7 @@ class _OnePair:
             source_points=torch.tensor([[0.0, 0.0], [10.0, 5.0], [-1.0, -1.0], [39.0, 29.0]]),
             target_points=torch.tensor([[2.0, 3.0], [4.0, 6.0], [1.0, 1.0], [20.0, 10.0]]),
             visible=torch.tensor([True, True, False, True]), source_size=(40, 30),
-            target_size=(40, 30))
+            target_size=(40, 30), target_bbox=torch.tensor([2.0, 3.0, 30.0, 20.0]))
 
     def __len__(self) -> int:
         return 1
@@ -128,6 +134,7 @@ def test_stretch_points_and_flip_by_hand(tmp_path: Path, flip: int) -> None:
     expected = torch.stack([x, y], -1).clamp(1e-4, 15 - 1e-4)
     torch.testing.assert_close(out["points0"], expected, atol=1e-5, rtol=0)
     assert out["points0"].shape == (3, 2) and out["valid"].all()
+    assert out["threshold"] == pytest.approx(max(28 * 16 / 40, 17 * 16 / 30))  # stretched box
     stretched = np.asarray(Image.fromarray(array).resize((16, 16), Image.BILINEAR))
     stretched = torch.from_numpy(stretched.copy()).permute(2, 0, 1).float() / 255
     assert torch.equal(out["image0"], stretched.flip(-1) if flip else stretched)
@@ -150,6 +157,41 @@ def test_epochs_are_permutations_and_official_lengths() -> None:
     assert (spair.lr, spair.timestep) == (0.01, 261)
     with pytest.raises(Exception, match="needs --root"):
         config_from_sources(None, ["out=o"], dataset="spair")
+
+
+def _official_utils(name: str):
+    if not (REFERENCE / "utils" / "evaluator.py").is_file():
+        pytest.skip(f"{REFERENCE} is absent")
+    sys.path.insert(0, str(REFERENCE))
+    try:
+        return __import__(name, fromlist=["*"])
+    finally:
+        sys.path.remove(str(REFERENCE))
+
+
+def test_validation_pck_equals_the_official_evaluator() -> None:
+    """nn PCK@0.1 per pair, mean over pairs = PCKEvaluator's ``nn_pck0.1`` (by image)."""
+    evaluator_module = _official_utils("utils.evaluator")
+    cfg = SimpleNamespace(EVALUATOR=SimpleNamespace(ALPHA=[0.1], BY="image"))
+    evaluator = evaluator_module.PCKEvaluator(cfg)
+    g = torch.Generator().manual_seed(4)
+    size, b, n = 48, 3, 6
+    f0 = torch.randn(b, 16, 12, 12, generator=g)
+    f1 = f0.roll(1, dims=-1) + 0.3 * torch.randn(b, 16, 12, 12, generator=g)
+    p0 = torch.rand(b, n, 2, generator=g) * (size - 1)
+    p1 = (p0 + torch.tensor([size / 12, 0.0]) + torch.randn(b, n, 2, generator=g)).clamp(
+        1e-4, size - 1 - 1e-4)
+    npts = torch.tensor([6, 4, 5])
+    valid = torch.arange(n)[None] < npts[:, None]
+    thresholds = torch.tensor([20.0, 35.5, 12.0])
+    evaluator.evaluate_feature_map({
+        "src_img": torch.zeros(b, 3, size, size), "trg_img": torch.zeros(b, 3, size, size),
+        "src_featmaps": f0, "trg_featmaps": f1, "src_kps": p0, "trg_kps": p1, "n_pts": npts,
+        "category": ["cat", "dog", "cat"], "pckthres": thresholds})
+    official = torch.tensor(evaluator.result["nn_pck0.1"]["all"])
+    ours = nearest_neighbour_pck(f0, f1, p0, p1, valid, thresholds, size)
+    assert 0 < float(ours.mean()) < 1  # neither trivial
+    torch.testing.assert_close(ours.float(), official.float(), atol=1e-6, rtol=0)
 
 
 def test_loss_equals_the_official_loss() -> None:
@@ -210,34 +252,36 @@ def test_class_prompt_trains_on_spair_and_evaluates(tiny: dict[str, Path]) -> No
     from semcorr.cli.main import main
     from semcorr.train.sd4match import build_backbone, train_sd4match
 
-    config = _train_config(tiny, "class")
+    config = _train_config(tiny, "class", epochs=1)
     assert config.timestep == 261  # training keeps SD4Match's timestep
     path = train_sd4match(config)
     record = json.loads((path.parent / "train.json").read_text())
-    assert record["steps"] == 2 * 4 and len(record["losses"]) == 8  # 8 trn pairs, 2 epochs
+    assert record["steps"] == 3 and len(record["losses"]) == 3  # 6 trn pairs, batch 2
+    assert len(record["val_pck"]) == 1  # measured after each epoch, the best one kept
     fresh = build_backbone(config, ["cat", "dog"]).eval()
     trained = create_backbone("sd4match", weights=str(path), sd_weights=str(tiny["sd"])).eval()
     assert trained.config.categories == ("cat", "dog")  # keyed by category, not file stem
+    from semcorr.train.sd4match import validation_data, validation_score
+
+    best = validation_score(trained, validation_data(config), config)
+    assert best == pytest.approx(max(record["val_pck"]), abs=1e-6)
     before, after = _dataset_loss(fresh, config), _dataset_loss(trained, config)
-    assert after < before - 0.2, (before, after)
+    assert after < before - 0.5, (before, after)
 
     official = path.parent / "official" / "Class_spair_sd2-1_TokenEmbeds4"
-    assert (official / "caption.pt").is_file()
-    results = {}
-    for name, weights in (("safetensors", path), ("official", official)):
-        out = tiny["root"] / f"eval-{name}"
-        argv = ["eval", "--dataset", "spair", "--root", str(tiny["spair"]), "--out", str(out),
-                "--quiet", "--head", "sd4match", "--head-weights", str(weights), "--weights",
-                str(tiny["sd"]), "--backbone-option", "image_size=32", "--device", "cpu"]
-        assert main(argv) == 0
-        records = [json.loads(line)
-                   for line in (out / "predictions.jsonl").read_text().splitlines()]
-        assert sorted({r["category"] for r in records}) == ["cat", "dog"]
-        results[name] = sorted((r["pair_id"], r["pred"]) for r in records)
-    # the exported caption.pt is the same prompt: same predictions
-    for (ida, a), (idb, b) in zip(results["safetensors"], results["official"], strict=True):
-        assert ida == idb
-        torch.testing.assert_close(torch.tensor(a), torch.tensor(b), atol=1e-4, rtol=0)
+    from semcorr.features.sd4match_official import read_official_prompt
+
+    exported = read_official_prompt(official / "caption.pt")  # the same prompt, as released
+    assert exported.config.categories == ("cat", "dog")
+    assert torch.equal(exported.state["embeds"], trained.prompt.embeds.detach())
+    out = tiny["root"] / "eval-official"
+    argv = ["eval", "--dataset", "spair", "--root", str(tiny["spair"]), "--out", str(out),
+            "--quiet", "--head", "sd4match", "--head-weights", str(official), "--weights",
+            str(tiny["sd"]), "--backbone-option", "image_size=32", "--device", "cpu"]
+    assert main(argv) == 0
+    records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert sorted(r["category"] for r in records) == ["cat", "cat", "dog", "dog"]
+    assert all(len(r["pred"]) == KEYPOINTS for r in records)
 
 
 def test_cpm_trains_on_spair_and_exports_ckpt(tiny: dict[str, Path]) -> None:
@@ -252,9 +296,25 @@ def test_cpm_trains_on_spair_and_exports_ckpt(tiny: dict[str, Path]) -> None:
                            global_length=2, cond_length=2, dino_patches=4)
     path = train_sd4match(config)
     losses = json.loads((path.parent / "train.json").read_text())["losses"]
-    assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
+    assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
     _, state = read_prompt_file(path)
     exported = read_official_prompt(path.parent / "official" /
                                     "CPM_spair_sd2-1_Pair-DINO-Feat-G2-C2")
     assert set(exported.state) == set(state)
     assert all(torch.equal(exported.state[k], state[k]) for k in state)
+
+
+def test_the_best_epoch_is_kept(tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Validation PCK 0.5 then 0.25: prompt.safetensors stays the first epoch's prompt."""
+    import semcorr.train.sd4match as trainer
+    from semcorr.features.sd4match import read_prompt_file
+
+    scores = iter([0.5, 0.25])
+    monkeypatch.setattr(trainer, "validation_score", lambda *args: next(scores))
+    path = trainer.train_sd4match(_train_config(tiny, "best", prompt="single",
+                                                export_official=False))
+    record = json.loads((path.parent / "train.json").read_text())
+    assert record["val_pck"] == [0.5, 0.25] and record["step"] == 6
+    last = torch.load(path.parent / "last.pt", weights_only=True)["model"]["embeds"]
+    saved = read_prompt_file(path)[1]["embeds"]
+    assert (saved - last).abs().max() > 1e-4  # the last epoch was worse: not kept

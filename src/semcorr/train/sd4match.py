@@ -18,7 +18,9 @@ backbone is frozen; timestep 261. Pairs come from
 
 Checkpoints: ``OUT/last.pt`` (prompt, optimizer, RNG, step; resumed automatically) and
 ``OUT/prompt.safetensors`` + ``OUT/prompt.json`` (prompt tensors only, for
-``create_backbone("sd4match", weights=...)``); with ``export_official=true`` also
+``create_backbone("sd4match", weights=...)``; with a validation split, the best prompt after
+each epoch by nearest-neighbour PCK@0.1, as the official training); with
+``export_official=true`` also
 ``OUT/official/<prompt type>/caption.pt`` or ``ckpt.pt``, the released layout. Under
 ``torchrun`` each rank draws its own pairs and gradients are averaged (DDP over the prompt
 module).
@@ -68,6 +70,8 @@ __all__ = [
     "train_sd4match",
     "training_data",
     "training_step",
+    "validation_data",
+    "validation_score",
 ]
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".ppm", ".bmp")
@@ -171,6 +175,8 @@ class SD4MatchTrainConfig:
         epochs: passes over a benchmark's pairs (default: the official 5 for SPair-71k, 90
             for PF-PASCAL; ``steps`` otherwise); ``steps`` is then derived from it.
         export_official: also write the prompt in SD4Match's released layout.
+        select_best: keep the prompt with the best validation PCK (SPair-71k, PF-PASCAL), as
+            the official training does.
         images: folder of training images (synthetic pairs).
         out: output folder.
         prompt: ``single``, ``class`` or ``cpm``.
@@ -198,6 +204,7 @@ class SD4MatchTrainConfig:
     split: str | None = None
     epochs: int | None = None
     export_official: bool = False
+    select_best: bool = True
     images: str = ""
     out: str = ""
     prompt: str = "single"
@@ -372,13 +379,18 @@ def train_sd4match(config: SD4MatchTrainConfig,
                    progress: Callable[[int, dict[str, float]], None] | None = None) -> Path:
     """Train a prompt; resumes from ``OUT/last.pt`` when present.
 
+    With a validation split (SPair-71k, PF-PASCAL; ``select_best``), the prompt is measured
+    after every epoch (:func:`validation_score`) and ``prompt.safetensors`` (and the official
+    export) is the best one so far, as the official training keeps it; otherwise it is the
+    last one.
+
     Returns:
-        The path of the final ``prompt.safetensors``.
+        The path of ``prompt.safetensors``.
     """
     from semcorr import distributed
-    from semcorr.features.sd4match import save_prompt
     from semcorr.io import atomic_write_json
     from semcorr.train.checkpoint import load_checkpoint, save_checkpoint, unwrap
+    from semcorr.train.sd4match_pairs import steps_per_epoch
 
     config.check()
     out = Path(config.out)
@@ -386,20 +398,23 @@ def train_sd4match(config: SD4MatchTrainConfig,
     dist = distributed.init_from_env(use_cuda=config.device != "cpu")
     device = _device(config.device, dist)
     data = training_data(config)
-    steps = total_steps(config, None if isinstance(data, SyntheticPairs) else len(data),
-                        dist.world_size)
+    annotated = not isinstance(data, SyntheticPairs)
+    steps = total_steps(config, len(data) if annotated else None, dist.world_size)
+    epoch = steps_per_epoch(len(data), config.batch_size, dist.world_size) if annotated else 0
+    val = validation_data(config) if dist.is_main else None
     backbone = build_backbone(config, data.categories).to(device)
     backbone.train()
     prompt = backbone.prompt
     optimizer = prompt_optimizer(prompt, config.lr)
     generator = torch.Generator().manual_seed(config.seed + 7919 * dist.rank)
-    step, losses = 0, []
+    step, losses, scores = 0, [], []
     plain = _plain(config)
     if (out / "last.pt").is_file():
         state = load_checkpoint(out / "last.pt", model=prompt, optimizer=optimizer,
                                 generators={"pairs": generator})
         _check_resume(out / "last.pt", state["extra"].get("config", {}), plain)
         step, losses = state["step"], list(state["extra"].get("losses", []))
+        scores = list(state["extra"].get("val_pck", []))
     if dist.world_size > 1:
         backbone.prompt = nn.parallel.DistributedDataParallel(prompt)
     while step < steps:
@@ -409,27 +424,87 @@ def train_sd4match(config: SD4MatchTrainConfig,
         loss.backward()
         optimizer.step()
         losses.append(float(loss.detach()))
-        if progress is not None and dist.is_main:
-            progress(step, {"loss": losses[-1]})
+        numbers = {"loss": losses[-1]}
         step += 1
-        if dist.is_main and (step % config.checkpoint_every == 0 or step == steps):
-            out.mkdir(parents=True, exist_ok=True)
+        epoch_end = val is not None and step % epoch == 0
+        if epoch_end:
+            scores.append(validation_score(backbone, val, config))
+            numbers["val_pck"] = scores[-1]
+            if scores[-1] > max(scores[:-1], default=-1.0):
+                _save_prompt(out, backbone, config)
+        if progress is not None and dist.is_main:
+            progress(step - 1, numbers)
+        if dist.is_main and (step % config.checkpoint_every == 0 or step == steps or epoch_end):
             save_checkpoint(out / "last.pt", model=unwrap(backbone.prompt), step=step,
                             optimizer=optimizer, generators={"pairs": generator},
-                            extra={"config": plain, "losses": losses})
-            save_prompt(out / "prompt.safetensors", unwrap(backbone.prompt), backbone.config)
+                            extra={"config": plain, "losses": losses, "val_pck": scores})
+            if val is None:
+                _save_prompt(out, backbone, config)
             atomic_write_json(out / "train.json", {"config": plain, "step": step,
-                                                   "steps": steps, "losses": losses})
-    if dist.is_main and config.export_official:
+                                                   "steps": steps, "losses": losses,
+                                                   "val_pck": scores})
+    distributed.barrier()
+    if not joined:
+        distributed.cleanup()
+    return out / "prompt.safetensors"
+
+
+def _save_prompt(out: Path, backbone: nn.Module, config: SD4MatchTrainConfig) -> None:
+    """``prompt.safetensors`` (+ the official layout with ``export_official``)."""
+    from semcorr.features.sd4match import save_prompt
+    from semcorr.train.checkpoint import unwrap
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_prompt(out / "prompt.safetensors", unwrap(backbone.prompt), backbone.config)
+    if config.export_official:
         from semcorr.features.sd4match_official import write_official_prompt
 
         name = _OFFICIAL_DATASET_NAMES.get(config.dataset, config.dataset.replace("-", ""))
         write_official_prompt(out / "official", unwrap(backbone.prompt), backbone.config,
                               backbone.text, name)
-    distributed.barrier()
-    if not joined:
-        distributed.cleanup()
-    return out / "prompt.safetensors"
+
+
+def validation_data(config: SD4MatchTrainConfig) -> Any:
+    """The validation pairs the official training selects its prompt on (SPair-71k and
+    PF-PASCAL ``val``, PCK reference: the target box / the image), or ``None`` (synthetic or
+    ``keypoints-json`` pairs, ``select_best=false``, or an empty split)."""
+    if not config.select_best or config.dataset not in OFFICIAL_EPOCHS:
+        return None
+    from semcorr.data import create_dataset
+    from semcorr.train.sd4match_pairs import AnnotatedPairs
+
+    try:
+        dataset = create_dataset(config.dataset, config.root, split="val")
+    except InputError as exc:
+        raise InputError(f"{exc} (the validation split selects the prompt; "
+                         "select_best=false trains without it)") from None
+    if len(dataset) == 0:
+        return None
+    dino_side = config.dino_patches * 14 if config.prompt == "cpm" else None
+    threshold = "image" if config.dataset == "pf-pascal" else "bbox"
+    return AnnotatedPairs(dataset, config.image_size, dino_side, threshold)
+
+
+def validation_score(backbone: nn.Module, data: Any, config: SD4MatchTrainConfig) -> float:
+    """Nearest-neighbour PCK@0.1 per pair, averaged over the pairs
+    (:func:`~semcorr.train.sd4match_pairs.nearest_neighbour_pck`), as the official training
+    measures its prompt after each epoch."""
+    from semcorr.train.sd4match_pairs import nearest_neighbour_pck
+
+    device, per_pair = backbone.device, []
+    with torch.no_grad():
+        for start in range(0, len(data), config.batch_size):
+            batch = data.collate([data.sample(i) for i in
+                                  range(start, min(start + config.batch_size, len(data)))])
+            x0 = backbone.normalize(batch["image0"].to(device))
+            x1 = backbone.normalize(batch["image1"].to(device))
+            dino = ((batch["dino0"].to(device), batch["dino1"].to(device))
+                    if "dino0" in batch else None)
+            f0, f1 = backbone.pair_features(x0, x1, batch["category"], dino_inputs=dino)
+            per_pair.append(nearest_neighbour_pck(
+                f0, f1, batch["points0"].to(device), batch["points1"].to(device),
+                batch["valid"].to(device), batch["threshold"].to(device), x0.shape[-1]))
+    return float(torch.cat(per_pair).float().mean())
 
 
 def _device(name: str | None, dist: Any) -> torch.device:
@@ -465,8 +540,9 @@ def _run(args: argparse.Namespace) -> int:
     every = max(1, args.log_every)
 
     def report(step: int, numbers: dict[str, float]) -> None:
-        if (step + 1) % every == 0:
-            print(f"step {step + 1}  loss {numbers['loss']:.4f}", flush=True)
+        if (step + 1) % every == 0 or "val_pck" in numbers:
+            parts = "  ".join(f"{k} {v:.4f}" for k, v in numbers.items())
+            print(f"step {step + 1}  {parts}", flush=True)
 
     path = train_sd4match(config, progress=report)
     if os.environ.get("RANK", "0") == "0":  # one line per job under torchrun

@@ -13,7 +13,9 @@ training pairs and, per image:
 
 The loss then reads a keypoint ``p`` of the stretched frame at grid coordinate
 ``p * (n - 1) / (size - 1)`` of an ``n``-cell map (``align_corners=True`` sampling):
-:func:`stretched_to_cells`.
+:func:`stretched_to_cells`. After each epoch the official training measures
+nearest-neighbour PCK@0.1 on the validation split in the stretched frame and keeps the best
+prompt: :func:`nearest_neighbour_pck`.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ import torch
 from semcorr.data.base import PairDataset, PairSample
 from semcorr.errors import InputError
 
-__all__ = ["AnnotatedPairs", "KEYPOINT_EPS", "epoch_indices", "steps_per_epoch",
-           "stretched_to_cells"]
+__all__ = ["AnnotatedPairs", "KEYPOINT_EPS", "epoch_indices", "nearest_neighbour_pck",
+           "steps_per_epoch", "stretched_to_cells"]
 
 #: Margin that keeps stretched keypoints strictly inside the image (the official ``eps``).
 KEYPOINT_EPS = 1e-4
@@ -55,12 +57,19 @@ class AnnotatedPairs:
         dataset: the pairs (:func:`semcorr.data.create_dataset`).
         size: side of the stretched square (768).
         dino_side: side of the CPM's DINOv2 input (``None``: no DINOv2 input).
+        threshold: the PCK reference of a pair: ``bbox`` (the larger side of the stretched
+            target box; the image side when there is none) or ``image`` (the image side, the
+            official rule for PF-PASCAL).
     """
 
-    def __init__(self, dataset: PairDataset, size: int, dino_side: int | None = None) -> None:
+    def __init__(self, dataset: PairDataset, size: int, dino_side: int | None = None,
+                 threshold: str = "bbox") -> None:
         if len(dataset) == 0:
             raise InputError(f"{dataset!r}: no training pairs")
+        if threshold not in ("bbox", "image"):
+            raise InputError(f"threshold must be 'bbox' or 'image', got {threshold!r}")
         self.dataset, self.size, self.dino_side = dataset, size, dino_side
+        self.threshold = threshold
         self._categories: list[str] | None = None
 
     def __len__(self) -> int:
@@ -104,7 +113,7 @@ class AnnotatedPairs:
             ``image0``, ``image1``: ``(3, S, S)`` in [0, 1]; ``points0``, ``points1``:
             ``(N, 2)`` stretched pixels of the keypoints annotated in both; ``valid``:
             ``(N,)`` all True; ``category``; ``dino0``, ``dino1``: ``(3, c, c)`` DINOv2 inputs
-            (when ``dino_side`` is set).
+            (when ``dino_side`` is set); ``threshold``: the PCK reference in stretched pixels.
         """
         pair: PairSample = self.dataset[index]
         flip = bool(pair.extra.get("flip", 0))
@@ -117,10 +126,19 @@ class AnnotatedPairs:
             "points1": self._points(pair.target_points[keep], pair.target_size, flip),
             "valid": torch.ones(int(keep.sum()), dtype=torch.bool),
             "category": pair.category,
+            "threshold": self._reference(pair),
         }
         if dino0 is not None:
             out["dino0"], out["dino1"] = dino0, dino1
         return out
+
+    def _reference(self, pair: PairSample) -> float:
+        box = pair.target_bbox
+        if self.threshold == "image" or box is None:
+            return float(self.size)
+        width, height = pair.target_size
+        return float(max((box[2] - box[0]) * self.size / width,
+                         (box[3] - box[1]) * self.size / height))
 
     @staticmethod
     def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -128,8 +146,8 @@ class AnnotatedPairs:
 
         Returns:
             ``image0``, ``image1``: ``(B, 3, S, S)``; ``points0``, ``points1``: ``(B, N, 2)``;
-            ``valid``: ``(B, N)``; ``category``: B names; ``dino0``, ``dino1``:
-            ``(B, 3, c, c)`` when present.
+            ``valid``: ``(B, N)``; ``category``: B names; ``threshold``: ``(B,)``; ``dino0``,
+            ``dino1``: ``(B, 3, c, c)`` when present.
         """
         n = max(int(s["valid"].shape[0]) for s in samples)
         b = len(samples)
@@ -142,7 +160,8 @@ class AnnotatedPairs:
             valid[i, :count] = True
         out: dict[str, Any] = {k: torch.stack([s[k] for s in samples])
                                for k in ("image0", "image1")}
-        out.update(points, valid=valid, category=[s["category"] for s in samples])
+        out.update(points, valid=valid, category=[s["category"] for s in samples],
+                   threshold=torch.tensor([s["threshold"] for s in samples]))
         if "dino0" in samples[0]:
             out["dino0"] = torch.stack([s["dino0"] for s in samples])
             out["dino1"] = torch.stack([s["dino1"] for s in samples])
@@ -169,3 +188,38 @@ def epoch_indices(count: int, batch_size: int, world_size: int, rank: int, step:
 def steps_per_epoch(count: int, batch_size: int, world_size: int = 1) -> int:
     """Optimisation steps of one pass over ``count`` pairs."""
     return -(-count // (batch_size * world_size))
+
+
+def nearest_neighbour_pck(features0: torch.Tensor, features1: torch.Tensor,
+                          points0: torch.Tensor, points1: torch.Tensor, valid: torch.Tensor,
+                          thresholds: torch.Tensor, size: int, alpha: float = 0.1
+                          ) -> torch.Tensor:
+    """Per-pair PCK of nearest-neighbour matches in the stretched frame (the official
+    validation's ``nn_pck0.1``): each source keypoint's descriptor (read corner-aligned) is
+    matched to the most similar target cell, whose position goes back to pixels by
+    ``cell * (size - 1) / (n - 1)``; a match is correct when within ``alpha * threshold``
+    (``<=``).
+
+    Args:
+        features0, features1: ``(B, C, h0, w0)``, ``(B, C, h1, w1)`` of ``size x size`` images.
+        points0, points1: ``(B, N, 2)`` keypoints in stretched pixels.
+        valid: ``(B, N)`` keypoints that count.
+        thresholds: ``(B,)`` PCK references in stretched pixels.
+        size: the stretched image side.
+        alpha: PCK threshold.
+
+    Returns:
+        ``(B,)`` fraction of correct keypoints per pair.
+    """
+    from semcorr.match.similarity import cosine_similarity, sample_descriptors
+
+    h0, w0 = features0.shape[-2:]
+    h1, w1 = features1.shape[-2:]
+    scale0 = points0.new_tensor([(w0 - 1) / (size - 1), (h0 - 1) / (size - 1)])
+    scores = cosine_similarity(sample_descriptors(features0, points0 * scale0), features1)
+    best = scores.flatten(2).argmax(dim=-1)  # (B, N)
+    cells = torch.stack([best % w1, torch.div(best, w1, rounding_mode="floor")], -1)
+    predicted = cells.to(points1.dtype) * points1.new_tensor(
+        [(size - 1) / (w1 - 1), (size - 1) / (h1 - 1)])
+    correct = (predicted - points1).norm(dim=-1) <= alpha * thresholds.to(points1.dtype)[:, None]
+    return (correct & valid).sum(1) / valid.sum(1).clamp_min(1)

@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from semcorr.errors import InputError
@@ -48,6 +47,7 @@ from semcorr.train.sd4match_loss import (
     predict_cells,
     sd4match_loss,
 )
+from semcorr.train.sd4match_pairs import SyntheticPairs, list_images
 
 __all__ = [
     "OFFICIAL_EPOCHS",
@@ -74,92 +74,6 @@ __all__ = [
     "validation_score",
 ]
 
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".ppm", ".bmp")
-
-
-# ------------------------------------------------------------------------------------- data
-class SyntheticPairs:
-    """Pairs made by warping images with random similarity transforms (known ground truth).
-
-    Args:
-        images: image files.
-        size: side of the square input (images are resized to ``size x size``).
-        num_points: keypoints per pair.
-        max_angle: rotations are uniform in ``[-max_angle, max_angle]`` degrees.
-        scale_range: zooms are uniform in this range.
-        max_shift: shifts are uniform in ``[-max_shift, max_shift] * size`` pixels.
-    """
-
-    def __init__(self, images: Sequence[str | Path], size: int, num_points: int = 32,
-                 max_angle: float = 15.0, scale_range: tuple[float, float] = (0.85, 1.15),
-                 max_shift: float = 0.1) -> None:
-        if not images:
-            raise InputError("synthetic pairs: no training images")
-        self.paths = [Path(p) for p in images]
-        self.size, self.num_points = size, num_points
-        self.max_angle, self.scale_range, self.max_shift = max_angle, scale_range, max_shift
-        self._cache: dict[int, torch.Tensor] = {}
-
-    @property
-    def categories(self) -> list[str]:
-        """One category per image: its file stem."""
-        return [p.stem for p in self.paths]
-
-    def image(self, index: int) -> torch.Tensor:
-        """Image ``index`` resized to ``(3, size, size)`` in [0, 1] (cached)."""
-        if index not in self._cache:
-            from semcorr.io import load_image
-
-            img = load_image(self.paths[index])[None]
-            self._cache[index] = F.interpolate(img, size=(self.size, self.size),
-                                               mode="bilinear", antialias=True,
-                                               align_corners=False)[0].clamp(0, 1)
-        return self._cache[index]
-
-    def _uniform(self, low: float, high: float, g: torch.Generator) -> float:
-        return low + (high - low) * float(torch.rand((), generator=g))
-
-    def sample(self, index: int, generator: torch.Generator) -> dict[str, Any]:
-        """A random pair from image ``index``.
-
-        Returns:
-            ``image0``, ``image1``: ``(3, S, S)``; ``points0``, ``points1``: ``(N, 2)`` input
-            pixels; ``valid``: ``(N,)`` (the point lands inside the target); ``category``.
-        """
-        from semcorr.geometry.warp import similarity_matrix, warp_image, warp_points
-
-        s = self.size
-        angle = self._uniform(-self.max_angle, self.max_angle, generator)
-        scale = self._uniform(*self.scale_range, generator)
-        shift = (self._uniform(-self.max_shift, self.max_shift, generator) * s,
-                 self._uniform(-self.max_shift, self.max_shift, generator) * s)
-        matrix = similarity_matrix(s, s, angle, scale, shift)
-        image0 = self.image(index)
-        points0 = torch.rand(self.num_points, 2, generator=generator) * (s - 1)
-        points1 = warp_points(points0, matrix)
-        valid = ((points1 >= 0) & (points1 <= s - 1)).all(dim=-1)
-        return {"image0": image0, "image1": warp_image(image0, matrix, (s, s)),
-                "points0": points0, "points1": points1, "valid": valid,
-                "category": self.paths[index].stem}
-
-    @staticmethod
-    def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        """Stacked samples: tensors gain a leading ``B``; ``category`` becomes a list."""
-        out: dict[str, Any] = {k: torch.stack([s[k] for s in samples])
-                               for k in ("image0", "image1", "points0", "points1", "valid")}
-        out["category"] = [s["category"] for s in samples]
-        return out
-
-
-def list_images(folder: str | Path) -> list[Path]:
-    """Image files under ``folder`` (recursive, sorted)."""
-    root = Path(folder)
-    if not root.is_dir():
-        raise InputError(f"{root}: no such image folder")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
-    if not files:
-        raise InputError(f"{root}: no images ({', '.join(_IMAGE_SUFFIXES)})")
-    return files
 
 
 # ----------------------------------------------------------------------------------- config

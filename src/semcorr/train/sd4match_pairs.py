@@ -1,4 +1,5 @@
-"""Annotated benchmark pairs prepared for SD4Match training as the official code prepares them.
+"""Training pairs for SD4Match: synthetic warps (:class:`SyntheticPairs`) and annotated
+benchmark pairs prepared as the official code prepares them (:class:`AnnotatedPairs`).
 
 The official training (``train_simple_prompt.py``, ``train_cpm.py``) reads a benchmark's
 training pairs and, per image:
@@ -21,16 +22,19 @@ prompt: :func:`nearest_neighbour_pck`.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from semcorr.data.base import PairDataset, PairSample
 from semcorr.errors import InputError
 
-__all__ = ["AnnotatedPairs", "KEYPOINT_EPS", "epoch_indices", "nearest_neighbour_pck",
-           "steps_per_epoch", "stretched_to_cells"]
+__all__ = ["AnnotatedPairs", "KEYPOINT_EPS", "SyntheticPairs", "epoch_indices", "list_images",
+           "nearest_neighbour_pck", "steps_per_epoch", "stretched_to_cells"]
 
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".ppm", ".bmp")
 #: Margin that keeps stretched keypoints strictly inside the image (the official ``eps``).
 KEYPOINT_EPS = 1e-4
 
@@ -223,3 +227,87 @@ def nearest_neighbour_pck(features0: torch.Tensor, features1: torch.Tensor,
         [(size - 1) / (w1 - 1), (size - 1) / (h1 - 1)])
     correct = (predicted - points1).norm(dim=-1) <= alpha * thresholds.to(points1.dtype)[:, None]
     return (correct & valid).sum(1) / valid.sum(1).clamp_min(1)
+
+
+class SyntheticPairs:
+    """Pairs made by warping images with random similarity transforms (known ground truth).
+
+    Args:
+        images: image files.
+        size: side of the square input (images are resized to ``size x size``).
+        num_points: keypoints per pair.
+        max_angle: rotations are uniform in ``[-max_angle, max_angle]`` degrees.
+        scale_range: zooms are uniform in this range.
+        max_shift: shifts are uniform in ``[-max_shift, max_shift] * size`` pixels.
+    """
+
+    def __init__(self, images: Sequence[str | Path], size: int, num_points: int = 32,
+                 max_angle: float = 15.0, scale_range: tuple[float, float] = (0.85, 1.15),
+                 max_shift: float = 0.1) -> None:
+        if not images:
+            raise InputError("synthetic pairs: no training images")
+        self.paths = [Path(p) for p in images]
+        self.size, self.num_points = size, num_points
+        self.max_angle, self.scale_range, self.max_shift = max_angle, scale_range, max_shift
+        self._cache: dict[int, torch.Tensor] = {}
+
+    @property
+    def categories(self) -> list[str]:
+        """One category per image: its file stem."""
+        return [p.stem for p in self.paths]
+
+    def image(self, index: int) -> torch.Tensor:
+        """Image ``index`` resized to ``(3, size, size)`` in [0, 1] (cached)."""
+        if index not in self._cache:
+            from semcorr.io import load_image
+
+            img = load_image(self.paths[index])[None]
+            self._cache[index] = F.interpolate(img, size=(self.size, self.size),
+                                               mode="bilinear", antialias=True,
+                                               align_corners=False)[0].clamp(0, 1)
+        return self._cache[index]
+
+    def _uniform(self, low: float, high: float, g: torch.Generator) -> float:
+        return low + (high - low) * float(torch.rand((), generator=g))
+
+    def sample(self, index: int, generator: torch.Generator) -> dict[str, Any]:
+        """A random pair from image ``index``.
+
+        Returns:
+            ``image0``, ``image1``: ``(3, S, S)``; ``points0``, ``points1``: ``(N, 2)`` input
+            pixels; ``valid``: ``(N,)`` (the point lands inside the target); ``category``.
+        """
+        from semcorr.geometry.warp import similarity_matrix, warp_image, warp_points
+
+        s = self.size
+        angle = self._uniform(-self.max_angle, self.max_angle, generator)
+        scale = self._uniform(*self.scale_range, generator)
+        shift = (self._uniform(-self.max_shift, self.max_shift, generator) * s,
+                 self._uniform(-self.max_shift, self.max_shift, generator) * s)
+        matrix = similarity_matrix(s, s, angle, scale, shift)
+        image0 = self.image(index)
+        points0 = torch.rand(self.num_points, 2, generator=generator) * (s - 1)
+        points1 = warp_points(points0, matrix)
+        valid = ((points1 >= 0) & (points1 <= s - 1)).all(dim=-1)
+        return {"image0": image0, "image1": warp_image(image0, matrix, (s, s)),
+                "points0": points0, "points1": points1, "valid": valid,
+                "category": self.paths[index].stem}
+
+    @staticmethod
+    def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """Stacked samples: tensors gain a leading ``B``; ``category`` becomes a list."""
+        out: dict[str, Any] = {k: torch.stack([s[k] for s in samples])
+                               for k in ("image0", "image1", "points0", "points1", "valid")}
+        out["category"] = [s["category"] for s in samples]
+        return out
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files under ``folder`` (recursive, sorted)."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise InputError(f"{root}: no such image folder")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
+    if not files:
+        raise InputError(f"{root}: no images ({', '.join(_IMAGE_SUFFIXES)})")
+    return files

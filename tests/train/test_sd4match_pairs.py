@@ -305,16 +305,25 @@ def test_cpm_trains_on_spair_and_exports_ckpt(tiny: dict[str, Path]) -> None:
 
 
 def test_the_best_epoch_is_kept(tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    """Validation PCK 0.5 then 0.25: prompt.safetensors stays the first epoch's prompt."""
+    """Validation PCK 0.5 then 0.25: prompt.safetensors stays the first epoch's prompt; every
+    step draws its own noise."""
     import semcorr.train.sd4match as trainer
     from semcorr.features.sd4match import read_prompt_file
 
     scores = iter([0.5, 0.25])
     monkeypatch.setattr(trainer, "validation_score", lambda *args: next(scores))
+    seeds, step = [], trainer.training_step
+
+    def recording_step(backbone, batch, config):  # the noise each step is drawn with
+        seeds.append(backbone.sd.seed)
+        return step(backbone, batch, config)
+
+    monkeypatch.setattr(trainer, "training_step", recording_step)
     path = trainer.train_sd4match(_train_config(tiny, "best", prompt="single",
                                                 export_official=False))
     record = json.loads((path.parent / "train.json").read_text())
     assert record["val_pck"] == [0.5, 0.25] and record["step"] == 6
+    assert len(set(seeds)) == 6  # fresh noise at every step, as the official training
     last = torch.load(path.parent / "last.pt", weights_only=True)["model"]["embeds"]
     saved = read_prompt_file(path)[1]["embeds"]
     assert (saved - last).abs().max() > 1e-4  # the last epoch was worse: not kept

@@ -3,7 +3,7 @@
 
 Training (``semcorr train sd4match``): only the prompt module learns (Adam, constant lr; a
 CPM's linear layers at a tenth of it, as the official ``train_cpm.py``); the Stable Diffusion
-backbone is frozen; timestep 261. Pairs come from
+backbone is frozen; timestep 261, fresh noise every step. Pairs come from
 
 * a benchmark's training split (``dataset=spair|pf-pascal|keypoints-json root=DIR``),
   prepared as the official code does (:mod:`semcorr.train.sd4match_pairs`: images stretched
@@ -91,6 +91,8 @@ class SD4MatchTrainConfig:
         export_official: also write the prompt in SD4Match's released layout.
         select_best: keep the prompt with the best validation PCK (SPair-71k, PF-PASCAL), as
             the official training does.
+        fresh_noise: draw new diffusion noise at every step (seeded by ``seed``, the step and
+            the rank), as the official training does; off: one fixed draw throughout.
         images: folder of training images (synthetic pairs).
         out: output folder.
         prompt: ``single``, ``class`` or ``cpm``.
@@ -119,6 +121,7 @@ class SD4MatchTrainConfig:
     epochs: int | None = None
     export_official: bool = False
     select_best: bool = True
+    fresh_noise: bool = True
     images: str = ""
     out: str = ""
     prompt: str = "single"
@@ -333,6 +336,8 @@ def train_sd4match(config: SD4MatchTrainConfig,
         backbone.prompt = nn.parallel.DistributedDataParallel(prompt)
     while step < steps:
         batch = next_batch(data, config, generator, step, dist.rank, dist.world_size)
+        if config.fresh_noise:
+            backbone.sd.seed = _noise_seed(config.seed, step + 1, dist.rank)
         loss = training_step(backbone, batch, config)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -342,6 +347,7 @@ def train_sd4match(config: SD4MatchTrainConfig,
         step += 1
         epoch_end = val is not None and step % epoch == 0
         if epoch_end:
+            backbone.sd.seed = _noise_seed(config.seed, 0, 0)  # one noise for every epoch
             scores.append(validation_score(backbone, val, config))
             numbers["val_pck"] = scores[-1]
             if scores[-1] > max(scores[:-1], default=-1.0):
@@ -361,6 +367,11 @@ def train_sd4match(config: SD4MatchTrainConfig,
     if not joined:
         distributed.cleanup()
     return out / "prompt.safetensors"
+
+
+def _noise_seed(seed: int, step: int, rank: int) -> int:
+    """The diffusion noise seed of a training step (step 0: validation)."""
+    return (seed * 1_000_003 + step * 7919 + rank) % (2**63)
 
 
 def _save_prompt(out: Path, backbone: nn.Module, config: SD4MatchTrainConfig) -> None:

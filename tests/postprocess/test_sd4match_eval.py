@@ -163,7 +163,8 @@ class TestConditionedViews:
         batch, _ = backbone.prepare([a, b])
         x = backbone.normalize(batch)
         with torch.no_grad():
-            f0, f1 = backbone.pair_features(x[:1], x[1:])
+            f0, f1 = backbone.pair_features(
+                x[:1], x[1:], dino_inputs=(backbone.dino_inputs([a]), backbone.dino_inputs([b])))
             view = backbone.conditioned(pair=(a, b))
             torch.testing.assert_close(view.features(x[:1]), f0, atol=1e-6, rtol=0)
             torch.testing.assert_close(view.features(x[1:]), f1, atol=1e-6, rtol=0)
@@ -180,8 +181,11 @@ def _expected_points(backbone, source: torch.Tensor, target: torch.Tensor,
     batch, transforms = backbone.prepare([source, target])
     x = backbone.normalize(batch)
     categories = None if category is None else [category]
+    dino = None  # a CPM sees DINOv2 crops of the original images, as in the official code
+    if backbone.config.kind == "cpm":
+        dino = (backbone.dino_inputs([source]), backbone.dino_inputs([target]))
     with torch.no_grad():
-        f0, f1 = backbone.pair_features(x[:1], x[1:], categories)
+        f0, f1 = backbone.pair_features(x[:1], x[1:], categories, dino_inputs=dino)
     cells = transforms[0].to_grid(points)[None]
     scores = cosine_similarity(sample_descriptors(f0, cells), f1)
     grid = kernel_soft_argmax2d(scores, SD4MATCH_REFINE["sigma"],

@@ -48,7 +48,8 @@ def add_backbone_options(parser: argparse.ArgumentParser) -> None:
                         help="post-processing head on the features (geoaware, "
                         "geoaware-zero-shot), or sd4match: SD 2.1 under a learned prompt, "
                         "given as --weights PROMPT.safetensors (or --head-weights PROMPT with "
-                        "--weights SD21_FOLDER)")
+                        "--weights SD21_FOLDER); PROMPT may also be SD4Match's released "
+                        "caption.pt / ckpt.pt or its folder")
     parser.add_argument("--head-weights", default=None,
                         help="weights file of the head (e.g. GeoAware-SC's best_856.PTH)")
 

@@ -8,7 +8,8 @@ tokenizer's maximum length, ``D = 1024`` for SD 2.1) conditions the U-Net. The f
 output of the U-Net's second up-block (part ``up_blocks.2``: 1280 channels at 1/16 of the
 input, 48² for the default 768 px input), L2-normalised.
 
-Prompt modules (only their parameters are trained and saved):
+Prompt modules (only their parameters are trained and saved; in
+:mod:`semcorr.features.sd4match_prompts`):
 
 * :class:`SinglePrompt` (``single``): one learned sequence for every pair;
 * :class:`ClassPrompt` (``class``): one learned sequence per category;
@@ -20,8 +21,10 @@ Prompt modules (only their parameters are trained and saved):
 
 Files: a prompt is saved as ``.safetensors`` holding the prompt module's tensors only, with its
 configuration in the file's metadata (key ``sd4match``) and in a JSON sidecar (``.json``);
-see :func:`save_prompt` / :func:`read_prompt_file`. ``create_backbone("sd4match",
-weights=PROMPT_FILE, sd_weights=SD21_FOLDER)`` rebuilds the backbone from such a file.
+see :func:`save_prompt` / :func:`read_prompt_file`. SD4Match's released ``caption.pt`` and
+``ckpt.pt`` files load as they are (:mod:`semcorr.features.sd4match_official`).
+``create_backbone("sd4match", weights=PROMPT_FILE, sd_weights=SD21_FOLDER)`` rebuilds the
+backbone from either kind of file.
 
 What the features depend on is the backbone's :attr:`~SD4MatchBackbone.condition`: the image
 only (``single``, or ``class`` built with ``category=``), the category (``class``) or the
@@ -42,7 +45,7 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +56,20 @@ from torch import nn
 from semcorr.conventions import check_shape
 from semcorr.errors import InputError, WeightsError
 from semcorr.features.base import Backbone, register_backbone
+from semcorr.features.sd4match_official import (
+    cpm_dino_input,
+    is_official_prompt,
+    read_official_prompt,
+)
+from semcorr.features.sd4match_prompts import (
+    PROMPT_KINDS,
+    ClassPrompt,
+    ConditionalPrompt,
+    PromptConfig,
+    PromptEncoder,
+    SinglePrompt,
+    build_prompt,
+)
 from semcorr.features.stable_diffusion import SD_VARIANTS, StableDiffusionFeatures
 
 __all__ = [
@@ -77,252 +94,9 @@ SD4MATCH_PART: dict[str, str] = {"up1": "up_blocks.2"}
 #: SD4Match's inference rule: kernel soft-argmax, Gaussian (σ in cells) on the similarities.
 SD4MATCH_REFINE: dict[str, Any] = {"name": "kernel", "sigma": 7.0, "temperature": 0.04,
                                    "weighting": "score"}
-#: Names of the prompt modules.
-PROMPT_KINDS: tuple[str, ...] = ("single", "class", "cpm")
 _METADATA_KEY = "sd4match"
 _FORMAT = "semcorr-sd4match-prompt/1"
 
-
-@dataclass(frozen=True)
-class PromptConfig:
-    """What is needed to rebuild a prompt module and the features it was trained for.
-
-    Attributes:
-        kind: ``single``, ``class`` or ``cpm``.
-        dim: token embedding width ``D`` of the text encoder.
-        length: learned tokens of a ``single``/``class`` prompt (published 75).
-        categories: category names of a ``class`` prompt, in parameter order.
-        global_length, cond_length: global and conditional tokens of a ``cpm`` prompt
-            (published 25 and 50).
-        dino_dim, dino_patches: DINOv2 width and patches per side feeding a ``cpm`` prompt.
-        sd: Stable Diffusion variant (``sd21``).
-        timestep, image_size: feature settings the prompt was trained with.
-    """
-
-    kind: str
-    dim: int
-    length: int = 75
-    categories: tuple[str, ...] = ()
-    global_length: int = 25
-    cond_length: int = 50
-    dino_dim: int = 768
-    dino_patches: int = 16
-    sd: str = "sd21"
-    timestep: int = 261
-    image_size: int = 768
-
-    @property
-    def num_tokens(self) -> int:
-        """Learned tokens produced per pair."""
-        return self.global_length + self.cond_length if self.kind == "cpm" else self.length
-
-    def to_json(self) -> dict[str, Any]:
-        """Plain JSON-able dict."""
-        data = asdict(self)
-        data["categories"] = list(self.categories)
-        return data
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any], source: str = "prompt config") -> PromptConfig:
-        """Inverse of :meth:`to_json`; unknown keys are refused."""
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise WeightsError(f"{source}: unknown prompt settings {unknown}")
-        try:
-            config = cls(**{**data, "categories": tuple(data.get("categories", ()))})
-        except TypeError as exc:
-            raise WeightsError(f"{source}: bad prompt settings ({exc})") from None
-        if config.kind not in PROMPT_KINDS:
-            raise WeightsError(f"{source}: prompt kind {config.kind!r} not in {PROMPT_KINDS}")
-        return config
-
-
-class PromptEncoder(nn.Module):
-    """The frozen CLIP text encoder fed with learned token embeddings.
-
-    The sequence is ``[start, learned (L tokens), end, pad, ...]`` up to ``max_length``
-    tokens; fixed tokens get their usual token + position embedding, learned ones are used as
-    they are (they replace the whole embedding, as in SD4Match).
-
-    Args:
-        text_encoder: a ``transformers`` ``CLIPTextModel``.
-        bos_id, eos_id, pad_id: token ids of the start, end and padding tokens.
-        max_length: sequence length ``T`` (the tokenizer's ``model_max_length``).
-    """
-
-    def __init__(self, text_encoder: nn.Module, bos_id: int, eos_id: int, pad_id: int,
-                 max_length: int) -> None:
-        super().__init__()
-        self.text_encoder = text_encoder.eval().requires_grad_(False)
-        self.bos_id, self.eos_id, self.pad_id = int(bos_id), int(eos_id), int(pad_id)
-        self.max_length = int(max_length)
-
-    @property
-    def _model(self) -> nn.Module:
-        return getattr(self.text_encoder, "text_model", self.text_encoder)
-
-    @property
-    def dim(self) -> int:
-        """Token embedding width ``D``."""
-        return int(self._model.embeddings.token_embedding.weight.shape[1])
-
-    @property
-    def max_learned(self) -> int:
-        """Most learned tokens that fit between the start and end tokens."""
-        return self.max_length - 2
-
-    def token_ids(self, length: int, device: torch.device) -> torch.Tensor:
-        """Ids ``(1, T)`` of the template ``[start, pad * length, end, pad ...]``."""
-        ids = torch.full((1, self.max_length), self.pad_id, dtype=torch.long, device=device)
-        ids[0, 0] = self.bos_id
-        ids[0, length + 1] = self.eos_id
-        return ids
-
-    def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
-        """Token + position embeddings ``(B, T, D)`` of token ids ``(B, T)``."""
-        return self._model.embeddings(input_ids=ids)
-
-    def random_token_embeddings(self, count: int, length: int,
-                                generator: torch.Generator) -> torch.Tensor:
-        """Embeddings ``(count, length, D)`` of random vocabulary tokens at positions 1..length
-        (SD4Match's initialisation of a learned prompt)."""
-        embeddings = self._model.embeddings
-        vocab = embeddings.token_embedding.weight.shape[0]
-        ids = torch.randint(0, vocab, (count, length), generator=generator)
-        weight = embeddings.token_embedding.weight
-        positions = embeddings.position_embedding.weight[1 : length + 1]
-        with torch.no_grad():
-            return (weight[ids.to(weight.device)] + positions).detach().clone()
-
-    def forward(self, learned: torch.Tensor) -> torch.Tensor:
-        """Conditioning of learned token embeddings.
-
-        Args:
-            learned: ``(B, L, D)`` with ``L <= max_length - 2``.
-
-        Returns:
-            ``(B, T, D)`` final-layer-normed encoder states.
-        """
-        dims = check_shape(learned, "B L D", "learned tokens")
-        if dims["L"] > self.max_learned or dims["D"] != self.dim:
-            raise InputError(
-                f"prompt of {dims['L']} tokens x {dims['D']}: the text encoder takes at most "
-                f"{self.max_learned} tokens of width {self.dim}"
-            )
-        b, length = dims["B"], dims["L"]
-        template = self.embed_ids(self.token_ids(length, learned.device)).to(learned.dtype)
-        tokens = torch.cat([template[:, :1].expand(b, -1, -1), learned,
-                            template[:, length + 1 :].expand(b, -1, -1)], dim=1)
-        hidden = self._model.encoder(inputs_embeds=tokens,
-                                     attention_mask=_causal_mask(tokens)).last_hidden_state
-        return self._model.final_layer_norm(hidden)
-
-
-def _causal_mask(tokens: torch.Tensor) -> torch.Tensor:
-    """Additive causal mask ``(1, 1, T, T)`` (a token sees itself and earlier tokens)."""
-    t = tokens.shape[1]
-    future = torch.ones(t, t, dtype=torch.bool, device=tokens.device).triu(1)
-    mask = torch.zeros(t, t, dtype=tokens.dtype, device=tokens.device)
-    return mask.masked_fill(future, torch.finfo(tokens.dtype).min)[None, None]
-
-
-class SinglePrompt(nn.Module):
-    """One learned sequence ``(1, L, D)`` shared by every pair."""
-
-    kind = "single"
-
-    def __init__(self, length: int, dim: int) -> None:
-        super().__init__()
-        self.embeds = nn.Parameter(torch.zeros(1, length, dim))
-
-    def forward(self, batch_size: int) -> torch.Tensor:
-        """Learned tokens ``(B, L, D)`` for ``batch_size`` pairs."""
-        return self.embeds.expand(batch_size, -1, -1)
-
-
-class ClassPrompt(nn.Module):
-    """One learned sequence per category: ``embeds`` ``(K, L, D)``.
-
-    Args:
-        categories: the K category names, in parameter order.
-        length, dim: ``L`` and ``D``.
-    """
-
-    kind = "class"
-
-    def __init__(self, categories: Sequence[str], length: int, dim: int) -> None:
-        super().__init__()
-        if not categories:
-            raise InputError("a class prompt needs at least one category")
-        self.categories = tuple(categories)
-        self._index = {name: i for i, name in enumerate(self.categories)}
-        self.embeds = nn.Parameter(torch.zeros(len(self.categories), length, dim))
-
-    def indices(self, categories: Sequence[str]) -> torch.Tensor:
-        """Parameter rows ``(B,)`` of category names."""
-        unknown = sorted({c for c in categories if c not in self._index})
-        if unknown:
-            raise InputError(f"class prompt: unknown categories {unknown} "
-                             f"(known: {', '.join(self.categories)})")
-        return torch.tensor([self._index[c] for c in categories], device=self.embeds.device)
-
-    def forward(self, categories: Sequence[str]) -> torch.Tensor:
-        """Learned tokens ``(B, L, D)`` of the pairs' categories (B names)."""
-        return self.embeds[self.indices(categories)]
-
-
-class ConditionalPrompt(nn.Module):
-    """SD4Match's conditional prompt module (CPM).
-
-    Args:
-        dino_dim: channels ``C`` of the DINOv2 patch tokens.
-        num_patches: patch tokens ``P`` per image.
-        dim: output token width ``D``.
-        global_length: learned global tokens ``G``.
-        cond_length: conditional tokens ``N_c`` (pooled from the pair's features).
-    """
-
-    kind = "cpm"
-
-    def __init__(self, dino_dim: int, num_patches: int, dim: int, global_length: int,
-                 cond_length: int) -> None:
-        super().__init__()
-        self.global_embeds = nn.Parameter(torch.rand(1, global_length, dim))
-        self.project_channels = nn.Linear(2 * dino_dim, dim)
-        self.mix_patches = nn.Linear(num_patches, num_patches)
-        self.pool = nn.AdaptiveMaxPool1d(cond_length)
-        self.position = nn.Parameter(torch.rand(1, cond_length, dim))
-        self.alpha = nn.Parameter(torch.rand(1, cond_length, dim))
-
-    def forward(self, tokens0: torch.Tensor, tokens1: torch.Tensor) -> torch.Tensor:
-        """Learned tokens of a pair.
-
-        Args:
-            tokens0, tokens1: ``(B, P, C)`` DINOv2 patch tokens of the source and target.
-
-        Returns:
-            ``(B, G + N_c, D)``: the global tokens, then the conditional tokens.
-        """
-        dims = check_shape(tokens0, "B P C", "source tokens")
-        check_shape(tokens1, f"{dims['B']} {dims['P']} {dims['C']}", "target tokens")
-        x = self.project_channels(torch.cat([tokens0, tokens1], dim=-1))  # (B, P, D)
-        x = self.mix_patches(x.transpose(1, 2))  # (B, D, P)
-        x = self.pool(x).transpose(1, 2)  # (B, N_c, D)
-        cond = torch.tanh(self.alpha) * (x + self.position)
-        return torch.cat([self.global_embeds.expand(dims["B"], -1, -1), cond], dim=1)
-
-
-def build_prompt(config: PromptConfig) -> nn.Module:
-    """A prompt module of ``config.kind`` (zero or uniform initialisation)."""
-    if config.kind == "single":
-        return SinglePrompt(config.length, config.dim)
-    if config.kind == "class":
-        return ClassPrompt(config.categories, config.length, config.dim)
-    if config.kind == "cpm":
-        return ConditionalPrompt(config.dino_dim, config.dino_patches ** 2, config.dim,
-                                 config.global_length, config.cond_length)
-    raise InputError(f"unknown prompt kind {config.kind!r} (known: {', '.join(PROMPT_KINDS)})")
 
 
 class SD4MatchBackbone(Backbone):
@@ -377,7 +151,8 @@ class SD4MatchBackbone(Backbone):
         """Learned token embeddings ``(B, L, D)`` of B pairs.
 
         Args:
-            images0, images1: ``(B, 3, S, S)`` normalised source/target images (``cpm``).
+            images0, images1: ``(B, 3, c, c)`` DINOv2 inputs of the sources and targets in
+                [0, 1] (``cpm``; see :meth:`dino_inputs`).
             categories: B category names (``class``).
             batch_size: B (``single``; else taken from the other arguments).
         """
@@ -393,17 +168,37 @@ class SD4MatchBackbone(Backbone):
             raise InputError("sd4match: a cpm prompt needs both images of the pair")
         return self.prompt(self.dino_tokens(images0), self.dino_tokens(images1))
 
-    def dino_tokens(self, images: torch.Tensor) -> torch.Tensor:
-        """DINOv2 patch tokens ``(B, P, C)`` of normalised SD inputs ``(B, 3, S, S)``."""
-        assert self.dino is not None
-        unit = images * images.new_tensor(self.info.std).view(1, 3, 1, 1) + images.new_tensor(
-            self.info.mean).view(1, 3, 1, 1)
+    def dino_inputs(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The CPM's DINOv2 inputs of original images, as the official code makes them
+        (:func:`~semcorr.features.sd4match_official.cpm_dino_input`: shortest edge to
+        ``8/7`` of the crop, bicubic, centre crop to the DINOv2 input side).
+
+        Args:
+            images: B images ``(3, H_i, W_i)`` in [0, 1].
+
+        Returns:
+            ``(B, 3, c, c)`` in [0, 1] on the backbone's device (``c`` 224 for 16 patches).
+        """
+        if self.dino is None:
+            raise InputError("sd4match: only a cpm prompt has DINOv2 inputs")
         side = self.dino.info.image_size
-        resized = F.interpolate(unit, size=(side, side), mode="bilinear", align_corners=False,
-                                antialias=True)
+        return torch.stack([cpm_dino_input(img, side) for img in images]).to(self.device)
+
+    def dino_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        """DINOv2 patch tokens ``(B, P, C)`` (after the final norm) of DINOv2 inputs
+        ``(B, 3, c, c)`` in [0, 1] (:meth:`dino_inputs`)."""
+        assert self.dino is not None
+        check_shape(pixels, f"B 3 {self.dino.info.image_size} {self.dino.info.image_size}",
+                    "DINOv2 inputs")
         with torch.no_grad():
-            maps = self.dino(resized.clamp(0, 1))  # (B, C, p, p)
+            maps = self.dino(pixels)  # (B, C, p, p)
         return maps.flatten(2).transpose(1, 2)
+
+    def _unnormalized(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Normalised SD inputs ``(B, 3, S, S)`` back to B images in [0, 1]."""
+        std = images.new_tensor(self.info.std).view(1, 3, 1, 1)
+        mean = images.new_tensor(self.info.mean).view(1, 3, 1, 1)
+        return list((images.detach() * std + mean).clamp(0, 1))
 
     def conditioning(self, learned: torch.Tensor) -> torch.Tensor:
         """U-Net conditioning ``(B, T, D)`` of learned tokens ``(B, L, D)``."""
@@ -418,18 +213,28 @@ class SD4MatchBackbone(Backbone):
         return F.normalize(self.sd.features(images, context), dim=1)
 
     def pair_features(self, images0: torch.Tensor, images1: torch.Tensor,
-                      categories: Sequence[str] | None = None
+                      categories: Sequence[str] | None = None,
+                      dino_inputs: tuple[torch.Tensor, torch.Tensor] | None = None,
                       ) -> tuple[torch.Tensor, torch.Tensor]:
         """Features of B pairs, both images conditioned on the pair's prompt.
 
         Args:
             images0, images1: ``(B, 3, S, S)`` normalised source and target images.
             categories: B category names (``class`` prompts).
+            dino_inputs: the CPM's DINOv2 inputs of the original source and target images
+                (:meth:`dino_inputs`), as the official code makes them. Default: made from
+                ``images0``/``images1`` taken as the original images (exact for inputs that
+                are the images themselves, e.g. synthetic square pairs).
 
         Returns:
             ``(B, C, h, w)`` unit-norm source and target features.
         """
-        context = self.conditioning(self.learned_tokens(images0, images1, categories,
+        dino0 = dino1 = None
+        if self.config.kind == "cpm":
+            dino0, dino1 = dino_inputs if dino_inputs is not None else (
+                self.dino_inputs(self._unnormalized(images0)),
+                self.dino_inputs(self._unnormalized(images1)))
+        context = self.conditioning(self.learned_tokens(dino0, dino1, categories,
                                                         batch_size=images0.shape[0]))
         return (self.conditioned_features(images0, context),
                 self.conditioned_features(images1, context))
@@ -453,8 +258,9 @@ class SD4MatchBackbone(Backbone):
 
         Args:
             category: the category (``class`` prompts; default: the backbone's ``category``).
-            pair: source and target images ``(3, H_i, W_i)`` in [0, 1] (``cpm`` prompts); they
-                are resized and padded like any input, and their DINOv2 tokens feed the CPM.
+            pair: source and target images ``(3, H_i, W_i)`` in [0, 1] (``cpm`` prompts); their
+                DINOv2 tokens (:meth:`dino_inputs`, made from these original images as in the
+                official code) feed the CPM.
 
         Returns:
             ``self`` for a ``single`` prompt, else a :class:`PromptedBackbone`.
@@ -473,9 +279,8 @@ class SD4MatchBackbone(Backbone):
         else:
             if pair is None:
                 raise InputError("sd4match: a cpm prompt needs the pair's two images")
-            batch, _ = self.prepare(list(pair))
-            normalised = self.normalize(batch)
-            tokens, label = self.learned_tokens(normalised[:1], normalised[1:]), "pair"
+            pixels = self.dino_inputs(list(pair))
+            tokens, label = self.learned_tokens(pixels[:1], pixels[1:]), "pair"
         with torch.no_grad():
             context = self.conditioning(tokens)
         return PromptedBackbone(self, context, label)
@@ -544,15 +349,20 @@ def save_prompt(path: str | os.PathLike[str], prompt: nn.Module, config: PromptC
 
 def read_prompt_file(path: str | os.PathLike[str]
                      ) -> tuple[PromptConfig, dict[str, torch.Tensor]]:
-    """The configuration and tensors of a prompt file written by :func:`save_prompt`.
+    """The configuration and tensors of a prompt file written by :func:`save_prompt`, or of
+    SD4Match's released ``caption.pt`` / ``ckpt.pt`` (or its folder).
 
-    The configuration comes from the file's metadata, else from the ``.json`` sidecar.
+    The configuration comes from the file's metadata, else from the ``.json`` sidecar (for a
+    released file: from its tensors and folder name).
 
     Raises:
         WeightsError: naming the file when it is missing, unreadable or not a prompt file.
     """
     from safetensors import SafetensorError, safe_open
 
+    if is_official_prompt(path):
+        official = read_official_prompt(path)
+        return official.config, official.state
     file = Path(path).expanduser()
     if not file.is_file():
         raise WeightsError(f"{file}: no such prompt file")
@@ -609,7 +419,10 @@ def create_sd4match(
 
     Args:
         weights: a prompt file (:func:`save_prompt`); its settings replace ``prompt``,
-            ``categories``, lengths, ``sd``, ``timestep`` and ``image_size``. ``None``: a new
+            ``categories``, lengths, ``sd``, ``timestep`` and ``image_size``. Or SD4Match's
+            released ``caption.pt`` / ``ckpt.pt`` (or its folder, see
+            :mod:`semcorr.features.sd4match_official`): the kind, categories and lengths come
+            from the file, ``timestep`` and ``image_size`` from the arguments. ``None``: a new
             prompt (random vocabulary embeddings for ``single``/``class``, uniform for ``cpm``).
         sd_weights: diffusers folder or hub id of Stable Diffusion (default: SD 2.1).
         dino_weights: DINOv2 ViT-B/14 weights (``cpm`` only).
@@ -629,8 +442,12 @@ def create_sd4match(
     from semcorr.features.stable_diffusion import create_stable_diffusion
     from semcorr.hub import resolve_weights
 
-    state = None
-    if weights is not None:
+    state, official = None, None
+    if weights is not None and is_official_prompt(weights):
+        official = read_official_prompt(weights)
+        config = replace(official.config, timestep=timestep, image_size=image_size)
+        state = official.state
+    elif weights is not None:
         config, state = read_prompt_file(weights)
     else:
         if prompt not in PROMPT_KINDS:
@@ -655,6 +472,9 @@ def create_sd4match(
         config = replace(config, dim=text.dim,
                          dino_dim=int(dino.info.extra["dim"]) if dino is not None else 768)
     _check_fits(config, text, dino, weights)
+    if official is not None and official.sequence_length not in (None, text.max_length):
+        raise WeightsError(f"{official.file}: sequences of {official.sequence_length} tokens; "
+                           f"this text encoder takes {text.max_length}")
     module = build_prompt(config)
     if state is None:
         _initialise(module, config, text, init_seed)
@@ -662,9 +482,9 @@ def create_sd4match(
         _load_prompt_state(module, state, str(weights))
     backbone = SD4MatchBackbone(features, text, module, config, dino=dino, category=category)
     if weights is not None:
-        backbone.prompt_file = str(Path(weights).expanduser())
-        backbone.prompt_sha256 = hashlib.sha256(Path(weights).expanduser().read_bytes()
-                                                ).hexdigest()[:16]
+        file = official.file if official is not None else Path(weights).expanduser()
+        backbone.prompt_file = str(file)
+        backbone.prompt_sha256 = hashlib.sha256(file.read_bytes()).hexdigest()[:16]
     return backbone
 
 

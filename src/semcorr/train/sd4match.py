@@ -1,22 +1,29 @@
-"""Training SD4Match prompts: Gaussian-smoothed cross-entropy on matching distributions.
+"""Training SD4Match prompts with the Gaussian-target cross-entropy
+(:mod:`semcorr.train.sd4match_loss`, re-exported here).
 
-The loss (SD4Match, CVPR 2024): the source descriptor at each ground-truth keypoint is
-correlated (cosine) with every cell of the target map; ``softmax(correlation / beta)`` is the
-matching distribution (beta 0.04, the convention of :mod:`semcorr.match.rules`: logits =
-scores / temperature); the loss is the cross-entropy of that distribution against a Gaussian
-target centred on the ground-truth cell, read in a ``k x k`` window (k = 7, sigma = (k // 2) / 2
-cells) by bilinear sampling: ``-sum_o g(o) log p(t + o)`` over window offsets ``o`` inside the
-map, averaged over valid keypoints. ``g`` is normalised to sum to 1 over the whole window (the
-reference leaves it as the continuous density, a constant factor ~1.01).
+Training (``semcorr train sd4match``): only the prompt module learns (Adam, constant lr; a
+CPM's linear layers at a tenth of it, as the official ``train_cpm.py``); the Stable Diffusion
+backbone is frozen; timestep 261, fresh noise every step. Pairs come from
 
-Training (``semcorr train sd4match``): only the prompt module learns (Adam, constant lr); the
-Stable Diffusion backbone is frozen. Pairs are synthetic: images from a folder, resized to the
-input square, warped by random similarity transforms with known ground truth
-(:mod:`semcorr.geometry.warp`); a ``class`` prompt uses each image's file stem as its category.
+* a benchmark's training split (``dataset=spair|pf-pascal|keypoints-json root=DIR``),
+  prepared as the official code does (:mod:`semcorr.train.sd4match_pairs`: images stretched
+  to the square, keypoints scaled and read corner-aligned, PF-PASCAL's flipped rows mirrored,
+  loss averaged per pair, the CPM's DINOv2 input cut from the original image), in seeded
+  epochs; the official epochs are the default (SPair-71k 5, PF-PASCAL 90,
+  ``script/*/sd4match_*.sh``); a ``class`` prompt has one row per category;
+* or synthetic pairs (``dataset=synthetic images=DIR``): images from a folder, resized to the
+  input square, warped by random similarity transforms with known ground truth
+  (:mod:`semcorr.geometry.warp`); a ``class`` prompt uses each image's file stem as its
+  category.
+
 Checkpoints: ``OUT/last.pt`` (prompt, optimizer, RNG, step; resumed automatically) and
 ``OUT/prompt.safetensors`` + ``OUT/prompt.json`` (prompt tensors only, for
-``create_backbone("sd4match", weights=...)``). Under ``torchrun`` each rank draws its own pairs
-and gradients are averaged (DDP over the prompt module).
+``create_backbone("sd4match", weights=...)``; with a validation split, the best prompt after
+each epoch by nearest-neighbour PCK@0.1, as the official training); with
+``export_official=true`` also
+``OUT/official/<prompt type>/caption.pt`` or ``ckpt.pt``, the released layout. Under
+``torchrun`` each rank draws its own pairs and gradients are averaged (DDP over the prompt
+module).
 """
 
 from __future__ import annotations
@@ -29,18 +36,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from semcorr.conventions import check_shape
 from semcorr.errors import InputError
-from semcorr.features.sd4match import SD4MATCH_REFINE
-from semcorr.match.rules import kernel_soft_argmax2d
-from semcorr.match.similarity import cosine_similarity, grid_to_normalized, sample_descriptors
+from semcorr.train.sd4match_loss import (
+    gaussian_cross_entropy,
+    gaussian_kernel,
+    matching_probabilities,
+    pixels_to_cells,
+    predict_cells,
+    sd4match_loss,
+)
+from semcorr.train.sd4match_pairs import SyntheticPairs, list_images
 
 __all__ = [
+    "OFFICIAL_EPOCHS",
     "SD4MatchTrainConfig",
     "SyntheticPairs",
+    "TRAIN_DATASETS",
     "add_sd4match_parser",
     "build_backbone",
     "config_from_sources",
@@ -51,220 +64,16 @@ __all__ = [
     "next_batch",
     "pixels_to_cells",
     "predict_cells",
+    "prompt_optimizer",
     "sd4match_loss",
+    "total_steps",
     "train_sd4match",
+    "training_data",
     "training_step",
+    "validation_data",
+    "validation_score",
 ]
 
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".ppm", ".bmp")
-
-
-# --------------------------------------------------------------------------------------- loss
-def gaussian_kernel(size: int = 7, sigma: float | None = None, *,
-                    like: torch.Tensor | None = None) -> torch.Tensor:
-    """A ``(size, size)`` Gaussian ``exp(-|o|^2 / (2 sigma^2))`` over integer offsets ``o``
-    centred on the middle cell, normalised to sum to 1.
-
-    Args:
-        size: odd window side ``k``.
-        sigma: std in cells (default ``(size // 2) / 2``, SD4Match's choice; 1 for k = 1).
-        like: tensor giving device and dtype (float32 on CPU otherwise).
-    """
-    if size < 1 or size % 2 == 0:
-        raise InputError(f"Gaussian target window must be a positive odd size, got {size}")
-    sigma = sigma if sigma is not None else max(size // 2, 1) / 2
-    dtype = like.dtype if like is not None and like.is_floating_point() else torch.float32
-    device = like.device if like is not None else None
-    offsets = torch.arange(size, device=device, dtype=dtype) - size // 2
-    dist2 = offsets[None, :] ** 2 + offsets[:, None] ** 2
-    kernel = torch.exp(-dist2 / (2 * sigma**2))
-    return kernel / kernel.sum()
-
-
-def matching_probabilities(descriptors: torch.Tensor, features: torch.Tensor,
-                           beta: float = 0.04) -> torch.Tensor:
-    """Matching distributions ``softmax(cos / beta)`` of query descriptors over a target map.
-
-    Args:
-        descriptors: ``(B, N, C)`` source descriptors.
-        features: ``(B, C, h, w)`` target features.
-        beta: softmax temperature (> 0).
-
-    Returns:
-        ``(B, N, h, w)`` probabilities summing to 1 over the cells.
-    """
-    scores = cosine_similarity(descriptors, features)
-    b, n, h, w = scores.shape
-    logits = scores.to(torch.promote_types(scores.dtype, torch.float32)) / beta
-    return torch.softmax(logits.reshape(b, n, h * w), dim=-1).view(b, n, h, w)
-
-
-def gaussian_cross_entropy(probs: torch.Tensor, targets: torch.Tensor,
-                           valid: torch.Tensor | None = None, size: int = 7,
-                           sigma: float | None = None) -> torch.Tensor:
-    """Cross-entropy of matching distributions against Gaussian targets.
-
-    For each keypoint: ``-sum_o g(o) log p(t + o)``, ``o`` over the ``size x size`` integer
-    offsets whose cell ``t + o`` lies inside the map, ``p`` read bilinearly at ``t + o``.
-
-    Args:
-        probs: ``(B, N, h, w)`` matching distributions.
-        targets: ``(B, N, 2)`` ground-truth grid coordinates (x, y), cell centres at integers.
-        valid: ``(B, N)`` boolean, True for keypoints that count (default all).
-        size, sigma: the Gaussian window (see :func:`gaussian_kernel`).
-
-    Returns:
-        Scalar: the mean over valid keypoints (0 when there are none, still differentiable).
-    """
-    dims = check_shape(probs, "B N h w", "probs")
-    check_shape(targets, f"{dims['B']} {dims['N']} 2", "targets")
-    b, n, h, w = dims["B"], dims["N"], dims["h"], dims["w"]
-    kernel = gaussian_kernel(size, sigma, like=probs)
-    offsets = torch.arange(size, device=probs.device, dtype=probs.dtype) - size // 2
-    oy, ox = torch.meshgrid(offsets, offsets, indexing="ij")
-    points = targets.to(probs.dtype)[:, :, None, None, :] + torch.stack([ox, oy], -1)
-    inside = ((points[..., 0] >= 0) & (points[..., 0] <= w - 1)
-              & (points[..., 1] >= 0) & (points[..., 1] <= h - 1))  # (B, N, k, k)
-    grid = grid_to_normalized(points, h, w).reshape(b * n, size, size, 2)
-    sampled = F.grid_sample(probs.reshape(b * n, 1, h, w), grid, mode="bilinear",
-                            align_corners=False, padding_mode="border").view(b, n, size, size)
-    log_p = torch.log(sampled.clamp_min(torch.finfo(sampled.dtype).tiny))
-    per_point = -(kernel * log_p).masked_fill(~inside, 0.0).sum(dim=(-2, -1))  # (B, N)
-    if valid is None:
-        return per_point.mean()
-    weight = valid.to(per_point.dtype)
-    return (per_point * weight).sum() / weight.sum().clamp_min(1.0)
-
-
-def sd4match_loss(features0: torch.Tensor, features1: torch.Tensor, cells0: torch.Tensor,
-                  cells1: torch.Tensor, valid: torch.Tensor | None = None, beta: float = 0.04,
-                  size: int = 7, sigma: float | None = None) -> torch.Tensor:
-    """SD4Match's loss on a batch of pairs.
-
-    Args:
-        features0, features1: ``(B, C, h0, w0)`` and ``(B, C, h1, w1)`` feature maps.
-        cells0, cells1: ``(B, N, 2)`` corresponding keypoints in grid coordinates.
-        valid: ``(B, N)`` boolean (default all).
-        beta: softmax temperature.
-        size, sigma: the Gaussian target window.
-
-    Returns:
-        Scalar loss.
-    """
-    descriptors = sample_descriptors(features0, cells0.to(features0.dtype))
-    probs = matching_probabilities(descriptors, features1, beta)
-    return gaussian_cross_entropy(probs, cells1, valid, size, sigma)
-
-
-def predict_cells(features0: torch.Tensor, features1: torch.Tensor, cells0: torch.Tensor,
-                  sigma: float = SD4MATCH_REFINE["sigma"],
-                  temperature: float = SD4MATCH_REFINE["temperature"]) -> torch.Tensor:
-    """SD4Match's inference: kernel soft-argmax with the Gaussian on the similarities
-    (:func:`~semcorr.match.rules.kernel_soft_argmax2d`, :data:`SD4MATCH_REFINE`).
-
-    Args:
-        features0, features1: ``(B, C, h0, w0)``, ``(B, C, h1, w1)``.
-        cells0: ``(B, N, 2)`` query grid coordinates in the source.
-        sigma: Gaussian std around the argmax, in cells (published 7).
-        temperature: softmax temperature.
-
-    Returns:
-        ``(B, N, 2)`` predicted grid coordinates in the target.
-    """
-    scores = cosine_similarity(sample_descriptors(features0, cells0), features1)
-    return kernel_soft_argmax2d(scores, sigma=sigma, temperature=temperature,
-                                weighting=SD4MATCH_REFINE["weighting"])
-
-
-def pixels_to_cells(points: torch.Tensor, stride: int) -> torch.Tensor:
-    """Input-pixel coordinates (pixel centres at integers) → grid coordinates of a map with
-    ``stride`` pixels per cell (cell centres at integers)."""
-    return (points + 0.5) / stride - 0.5
-
-
-# ------------------------------------------------------------------------------------- data
-class SyntheticPairs:
-    """Pairs made by warping images with random similarity transforms (known ground truth).
-
-    Args:
-        images: image files.
-        size: side of the square input (images are resized to ``size x size``).
-        num_points: keypoints per pair.
-        max_angle: rotations are uniform in ``[-max_angle, max_angle]`` degrees.
-        scale_range: zooms are uniform in this range.
-        max_shift: shifts are uniform in ``[-max_shift, max_shift] * size`` pixels.
-    """
-
-    def __init__(self, images: Sequence[str | Path], size: int, num_points: int = 32,
-                 max_angle: float = 15.0, scale_range: tuple[float, float] = (0.85, 1.15),
-                 max_shift: float = 0.1) -> None:
-        if not images:
-            raise InputError("synthetic pairs: no training images")
-        self.paths = [Path(p) for p in images]
-        self.size, self.num_points = size, num_points
-        self.max_angle, self.scale_range, self.max_shift = max_angle, scale_range, max_shift
-        self._cache: dict[int, torch.Tensor] = {}
-
-    @property
-    def categories(self) -> list[str]:
-        """One category per image: its file stem."""
-        return [p.stem for p in self.paths]
-
-    def image(self, index: int) -> torch.Tensor:
-        """Image ``index`` resized to ``(3, size, size)`` in [0, 1] (cached)."""
-        if index not in self._cache:
-            from semcorr.io import load_image
-
-            img = load_image(self.paths[index])[None]
-            self._cache[index] = F.interpolate(img, size=(self.size, self.size),
-                                               mode="bilinear", antialias=True,
-                                               align_corners=False)[0].clamp(0, 1)
-        return self._cache[index]
-
-    def _uniform(self, low: float, high: float, g: torch.Generator) -> float:
-        return low + (high - low) * float(torch.rand((), generator=g))
-
-    def sample(self, index: int, generator: torch.Generator) -> dict[str, Any]:
-        """A random pair from image ``index``.
-
-        Returns:
-            ``image0``, ``image1``: ``(3, S, S)``; ``points0``, ``points1``: ``(N, 2)`` input
-            pixels; ``valid``: ``(N,)`` (the point lands inside the target); ``category``.
-        """
-        from semcorr.geometry.warp import similarity_matrix, warp_image, warp_points
-
-        s = self.size
-        angle = self._uniform(-self.max_angle, self.max_angle, generator)
-        scale = self._uniform(*self.scale_range, generator)
-        shift = (self._uniform(-self.max_shift, self.max_shift, generator) * s,
-                 self._uniform(-self.max_shift, self.max_shift, generator) * s)
-        matrix = similarity_matrix(s, s, angle, scale, shift)
-        image0 = self.image(index)
-        points0 = torch.rand(self.num_points, 2, generator=generator) * (s - 1)
-        points1 = warp_points(points0, matrix)
-        valid = ((points1 >= 0) & (points1 <= s - 1)).all(dim=-1)
-        return {"image0": image0, "image1": warp_image(image0, matrix, (s, s)),
-                "points0": points0, "points1": points1, "valid": valid,
-                "category": self.paths[index].stem}
-
-    @staticmethod
-    def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        """Stacked samples: tensors gain a leading ``B``; ``category`` becomes a list."""
-        out: dict[str, Any] = {k: torch.stack([s[k] for s in samples])
-                               for k in ("image0", "image1", "points0", "points1", "valid")}
-        out["category"] = [s["category"] for s in samples]
-        return out
-
-
-def list_images(folder: str | Path) -> list[Path]:
-    """Image files under ``folder`` (recursive, sorted)."""
-    root = Path(folder)
-    if not root.is_dir():
-        raise InputError(f"{root}: no such image folder")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
-    if not files:
-        raise InputError(f"{root}: no images ({', '.join(_IMAGE_SUFFIXES)})")
-    return files
 
 
 # ----------------------------------------------------------------------------------- config
@@ -273,6 +82,17 @@ class SD4MatchTrainConfig:
     """Settings of ``semcorr train sd4match`` (published values where they exist).
 
     Attributes:
+        dataset: ``synthetic`` (warped images) or a benchmark: ``spair``, ``pf-pascal``,
+            ``keypoints-json``.
+        root: the benchmark's folder, as downloaded.
+        split: its training split (default ``trn`` for SPair-71k and PF-PASCAL, ``train``).
+        epochs: passes over a benchmark's pairs (default: the official 5 for SPair-71k, 90
+            for PF-PASCAL; ``steps`` otherwise); ``steps`` is then derived from it.
+        export_official: also write the prompt in SD4Match's released layout.
+        select_best: keep the prompt with the best validation PCK (SPair-71k, PF-PASCAL), as
+            the official training does.
+        fresh_noise: draw new diffusion noise at every step (seeded by ``seed``, the step and
+            the rank), as the official training does; off: one fixed draw throughout.
         images: folder of training images (synthetic pairs).
         out: output folder.
         prompt: ``single``, ``class`` or ``cpm``.
@@ -295,6 +115,13 @@ class SD4MatchTrainConfig:
         device: torch device (default cuda if available).
     """
 
+    dataset: str = "synthetic"
+    root: str = ""
+    split: str | None = None
+    epochs: int | None = None
+    export_official: bool = False
+    select_best: bool = True
+    fresh_noise: bool = True
     images: str = ""
     out: str = ""
     prompt: str = "single"
@@ -319,29 +146,82 @@ class SD4MatchTrainConfig:
 
     def check(self) -> None:
         """Raise :class:`InputError` for missing or impossible settings."""
-        if not self.images or not self.out:
+        if self.dataset not in TRAIN_DATASETS:
+            raise InputError(f"sd4match training: dataset must be one of {TRAIN_DATASETS}, "
+                             f"got {self.dataset!r}")
+        if self.dataset == "synthetic" and (not self.images or not self.out):
             raise InputError("sd4match training needs images=FOLDER and out=FOLDER")
+        if self.dataset != "synthetic" and (not self.root or not self.out):
+            raise InputError(f"sd4match training on {self.dataset} needs --root DIR and "
+                             "out=FOLDER")
+        if self.epochs is not None and self.epochs < 1:
+            raise InputError("sd4match training: epochs must be >= 1")
         if self.steps < 1 or self.batch_size < 1 or self.num_points < 1:
             raise InputError("sd4match training: steps, batch_size, num_points must be >= 1")
         if self.beta <= 0 or self.lr <= 0:
             raise InputError("sd4match training: beta and lr must be positive")
 
 
+#: Where training pairs come from.
+TRAIN_DATASETS: tuple[str, ...] = ("synthetic", "spair", "pf-pascal", "keypoints-json")
+#: The official epochs (script/spair/*.sh, script/pfpascal/*.sh) and training splits.
+OFFICIAL_EPOCHS: dict[str, int] = {"spair": 5, "pf-pascal": 90}
+_TRAIN_SPLITS: dict[str, str] = {"spair": "trn", "pf-pascal": "trn", "keypoints-json": "train"}
+#: Dataset names in the official prompt folders.
+_OFFICIAL_DATASET_NAMES: dict[str, str] = {"spair": "spair", "pf-pascal": "pfpascal"}
+
 #: Settings that may change when resuming (the rest must match the checkpoint).
-_RESUMABLE = {"steps", "checkpoint_every", "device", "out"}
+_RESUMABLE = {"steps", "epochs", "checkpoint_every", "device", "out", "export_official"}
 
 
 def config_from_sources(file: str | None = None, overrides: Sequence[str] = (),
-                        prompt: str | None = None) -> SD4MatchTrainConfig:
-    """Defaults < file (YAML/JSON) < ``key=value`` overrides < ``--prompt``."""
+                        prompt: str | None = None, **flags: Any) -> SD4MatchTrainConfig:
+    """Defaults < file (YAML/JSON) < ``key=value`` overrides < ``--prompt`` and the other
+    flags given (``dataset``, ``root``, ``export_official``; ``None`` = not given)."""
     from semcorr.config import build_config, parse_overrides
 
     layer = parse_overrides(list(overrides))
     if prompt is not None:
         layer["prompt"] = prompt
+    layer.update({k: v for k, v in flags.items() if v is not None})
     config = build_config(SD4MatchTrainConfig, file, layer)
     config.check()
     return config
+
+
+def total_steps(config: SD4MatchTrainConfig, pairs: int | None, world_size: int = 1) -> int:
+    """Optimisation steps: ``epochs`` (default the official ones) over ``pairs`` benchmark
+    pairs, else ``config.steps``."""
+    from semcorr.train.sd4match_pairs import steps_per_epoch
+
+    epochs = config.epochs if config.epochs is not None else OFFICIAL_EPOCHS.get(config.dataset)
+    if pairs is None or epochs is None:
+        return config.steps
+    return epochs * steps_per_epoch(pairs, config.batch_size, world_size)
+
+
+def training_data(config: SD4MatchTrainConfig) -> Any:
+    """The pairs to train on: :class:`SyntheticPairs` or
+    :class:`~semcorr.train.sd4match_pairs.AnnotatedPairs` of the benchmark's training split."""
+    if config.dataset == "synthetic":
+        return SyntheticPairs(list_images(config.images), config.image_size, config.num_points)
+    from semcorr.data import create_dataset
+    from semcorr.train.sd4match_pairs import AnnotatedPairs
+
+    split = config.split or _TRAIN_SPLITS[config.dataset]
+    dataset = create_dataset(config.dataset, config.root, split=split)
+    dino_side = config.dino_patches * 14 if config.prompt == "cpm" else None
+    return AnnotatedPairs(dataset, config.image_size, dino_side)
+
+
+def prompt_optimizer(prompt: nn.Module, lr: float) -> torch.optim.Optimizer:
+    """Adam over the prompt; a CPM's two linear layers learn at ``lr / 10`` (``train_cpm.py``)."""
+    slow = [p for n, p in prompt.named_parameters()
+            if n.startswith(("project_channels.", "mix_patches."))]
+    fast = [p for n, p in prompt.named_parameters()
+            if not n.startswith(("project_channels.", "mix_patches."))]
+    groups = [{"params": fast}] + ([{"params": slow, "lr": 0.1 * lr}] if slow else [])
+    return torch.optim.Adam(groups, lr=lr)
 
 
 # ---------------------------------------------------------------------------------- trainer
@@ -359,13 +239,21 @@ def build_backbone(config: SD4MatchTrainConfig, categories: Sequence[str]) -> nn
     )
 
 
-def next_batch(data: SyntheticPairs, config: SD4MatchTrainConfig,
-               generator: torch.Generator) -> dict[str, Any]:
-    """The next training batch, drawn from ``generator``.
+def next_batch(data: Any, config: SD4MatchTrainConfig, generator: torch.Generator,
+               step: int = 0, rank: int = 0, world_size: int = 1) -> dict[str, Any]:
+    """The batch of ``step``.
 
-    With ``config.pairs > 0`` the pairs come from a fixed pool: pair ``p`` is image
-    ``p % #images`` under a warp seeded by ``(seed, p)``; otherwise every pair is fresh.
+    Annotated pairs: the ``step``-th slice of seeded per-epoch permutations
+    (:func:`~semcorr.train.sd4match_pairs.epoch_indices`). Synthetic pairs, drawn from
+    ``generator``: with ``config.pairs > 0`` from a fixed pool (pair ``p`` is image
+    ``p % #images`` under a warp seeded by ``(seed, p)``); otherwise every pair is fresh.
     """
+    if not isinstance(data, SyntheticPairs):
+        from semcorr.train.sd4match_pairs import epoch_indices
+
+        indices = epoch_indices(len(data), config.batch_size, world_size, rank, step,
+                                config.seed)
+        return data.collate([data.sample(i) for i in indices])
     count = len(data.paths)
     if config.pairs > 0:
         pool = torch.randint(0, config.pairs, (config.batch_size,), generator=generator)
@@ -379,72 +267,169 @@ def next_batch(data: SyntheticPairs, config: SD4MatchTrainConfig,
 
 def training_step(backbone: nn.Module, batch: dict[str, Any], config: SD4MatchTrainConfig
                   ) -> torch.Tensor:
-    """The loss of one batch (prompt parameters carry the gradient)."""
+    """The loss of one batch (prompt parameters carry the gradient).
+
+    Synthetic pairs read keypoints at pixel centres and average over keypoints; annotated
+    pairs follow the official code (corner-aligned grid, average per pair, DINOv2 inputs from
+    the original images).
+    """
+    from semcorr.train.sd4match_pairs import stretched_to_cells
+
     device = backbone.device
     x0 = backbone.normalize(batch["image0"].to(device))
     x1 = backbone.normalize(batch["image1"].to(device))
-    f0, f1 = backbone.pair_features(x0, x1, batch["category"])
-    stride = backbone.stride
-    return sd4match_loss(
-        f0, f1, pixels_to_cells(batch["points0"].to(device), stride),
-        pixels_to_cells(batch["points1"].to(device), stride), batch["valid"].to(device),
-        beta=config.beta, size=config.kernel_size,
-    )
+    dino = (batch["dino0"].to(device), batch["dino1"].to(device)) if "dino0" in batch else None
+    f0, f1 = backbone.pair_features(x0, x1, batch["category"], dino_inputs=dino)
+    p0, p1 = batch["points0"].to(device), batch["points1"].to(device)
+    if config.dataset == "synthetic":
+        c0, c1 = pixels_to_cells(p0, backbone.stride), pixels_to_cells(p1, backbone.stride)
+        average = "points"
+    else:
+        c0 = stretched_to_cells(p0, x0.shape[-1], f0.shape[-1])
+        c1 = stretched_to_cells(p1, x1.shape[-1], f1.shape[-1])
+        average = "pairs"
+    return sd4match_loss(f0, f1, c0, c1, batch["valid"].to(device), beta=config.beta,
+                         size=config.kernel_size, average=average)
 
 
 def train_sd4match(config: SD4MatchTrainConfig,
                    progress: Callable[[int, dict[str, float]], None] | None = None) -> Path:
     """Train a prompt; resumes from ``OUT/last.pt`` when present.
 
+    With a validation split (SPair-71k, PF-PASCAL; ``select_best``), the prompt is measured
+    after every epoch (:func:`validation_score`) and ``prompt.safetensors`` (and the official
+    export) is the best one so far, as the official training keeps it; otherwise it is the
+    last one.
+
     Returns:
-        The path of the final ``prompt.safetensors``.
+        The path of ``prompt.safetensors``.
     """
     from semcorr import distributed
-    from semcorr.features.sd4match import save_prompt
     from semcorr.io import atomic_write_json
     from semcorr.train.checkpoint import load_checkpoint, save_checkpoint, unwrap
+    from semcorr.train.sd4match_pairs import steps_per_epoch
 
     config.check()
     out = Path(config.out)
     joined = torch.distributed.is_available() and torch.distributed.is_initialized()
     dist = distributed.init_from_env(use_cuda=config.device != "cpu")
     device = _device(config.device, dist)
-    data = SyntheticPairs(list_images(config.images), config.image_size, config.num_points)
+    data = training_data(config)
+    annotated = not isinstance(data, SyntheticPairs)
+    steps = total_steps(config, len(data) if annotated else None, dist.world_size)
+    epoch = steps_per_epoch(len(data), config.batch_size, dist.world_size) if annotated else 0
+    val = validation_data(config) if dist.is_main else None
     backbone = build_backbone(config, data.categories).to(device)
     backbone.train()
     prompt = backbone.prompt
-    optimizer = torch.optim.Adam(prompt.parameters(), lr=config.lr)
+    optimizer = prompt_optimizer(prompt, config.lr)
     generator = torch.Generator().manual_seed(config.seed + 7919 * dist.rank)
-    step, losses = 0, []
+    step, losses, scores = 0, [], []
     plain = _plain(config)
     if (out / "last.pt").is_file():
         state = load_checkpoint(out / "last.pt", model=prompt, optimizer=optimizer,
                                 generators={"pairs": generator})
         _check_resume(out / "last.pt", state["extra"].get("config", {}), plain)
         step, losses = state["step"], list(state["extra"].get("losses", []))
+        scores = list(state["extra"].get("val_pck", []))
     if dist.world_size > 1:
         backbone.prompt = nn.parallel.DistributedDataParallel(prompt)
-    while step < config.steps:
-        loss = training_step(backbone, next_batch(data, config, generator), config)
+    while step < steps:
+        batch = next_batch(data, config, generator, step, dist.rank, dist.world_size)
+        if config.fresh_noise:
+            backbone.sd.seed = _noise_seed(config.seed, step + 1, dist.rank)
+        loss = training_step(backbone, batch, config)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         losses.append(float(loss.detach()))
-        if progress is not None and dist.is_main:
-            progress(step, {"loss": losses[-1]})
+        numbers = {"loss": losses[-1]}
         step += 1
-        if dist.is_main and (step % config.checkpoint_every == 0 or step == config.steps):
-            out.mkdir(parents=True, exist_ok=True)
+        epoch_end = val is not None and step % epoch == 0
+        if epoch_end:
+            backbone.sd.seed = _noise_seed(config.seed, 0, 0)  # one noise for every epoch
+            scores.append(validation_score(backbone, val, config))
+            numbers["val_pck"] = scores[-1]
+            if scores[-1] > max(scores[:-1], default=-1.0):
+                _save_prompt(out, backbone, config)
+        if progress is not None and dist.is_main:
+            progress(step - 1, numbers)
+        if dist.is_main and (step % config.checkpoint_every == 0 or step == steps or epoch_end):
             save_checkpoint(out / "last.pt", model=unwrap(backbone.prompt), step=step,
                             optimizer=optimizer, generators={"pairs": generator},
-                            extra={"config": plain, "losses": losses})
-            save_prompt(out / "prompt.safetensors", unwrap(backbone.prompt), backbone.config)
+                            extra={"config": plain, "losses": losses, "val_pck": scores})
+            if val is None:
+                _save_prompt(out, backbone, config)
             atomic_write_json(out / "train.json", {"config": plain, "step": step,
-                                                   "losses": losses})
+                                                   "steps": steps, "losses": losses,
+                                                   "val_pck": scores})
     distributed.barrier()
     if not joined:
         distributed.cleanup()
     return out / "prompt.safetensors"
+
+
+def _noise_seed(seed: int, step: int, rank: int) -> int:
+    """The diffusion noise seed of a training step (step 0: validation)."""
+    return (seed * 1_000_003 + step * 7919 + rank) % (2**63)
+
+
+def _save_prompt(out: Path, backbone: nn.Module, config: SD4MatchTrainConfig) -> None:
+    """``prompt.safetensors`` (+ the official layout with ``export_official``)."""
+    from semcorr.features.sd4match import save_prompt
+    from semcorr.train.checkpoint import unwrap
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_prompt(out / "prompt.safetensors", unwrap(backbone.prompt), backbone.config)
+    if config.export_official:
+        from semcorr.features.sd4match_official import write_official_prompt
+
+        name = _OFFICIAL_DATASET_NAMES.get(config.dataset, config.dataset.replace("-", ""))
+        write_official_prompt(out / "official", unwrap(backbone.prompt), backbone.config,
+                              backbone.text, name)
+
+
+def validation_data(config: SD4MatchTrainConfig) -> Any:
+    """The validation pairs the official training selects its prompt on (SPair-71k and
+    PF-PASCAL ``val``, PCK reference: the target box / the image), or ``None`` (synthetic or
+    ``keypoints-json`` pairs, ``select_best=false``, or an empty split)."""
+    if not config.select_best or config.dataset not in OFFICIAL_EPOCHS:
+        return None
+    from semcorr.data import create_dataset
+    from semcorr.train.sd4match_pairs import AnnotatedPairs
+
+    try:
+        dataset = create_dataset(config.dataset, config.root, split="val")
+    except InputError as exc:
+        raise InputError(f"{exc} (the validation split selects the prompt; "
+                         "select_best=false trains without it)") from None
+    if len(dataset) == 0:
+        return None
+    dino_side = config.dino_patches * 14 if config.prompt == "cpm" else None
+    threshold = "image" if config.dataset == "pf-pascal" else "bbox"
+    return AnnotatedPairs(dataset, config.image_size, dino_side, threshold)
+
+
+def validation_score(backbone: nn.Module, data: Any, config: SD4MatchTrainConfig) -> float:
+    """Nearest-neighbour PCK@0.1 per pair, averaged over the pairs
+    (:func:`~semcorr.train.sd4match_pairs.nearest_neighbour_pck`), as the official training
+    measures its prompt after each epoch."""
+    from semcorr.train.sd4match_pairs import nearest_neighbour_pck
+
+    device, per_pair = backbone.device, []
+    with torch.no_grad():
+        for start in range(0, len(data), config.batch_size):
+            batch = data.collate([data.sample(i) for i in
+                                  range(start, min(start + config.batch_size, len(data)))])
+            x0 = backbone.normalize(batch["image0"].to(device))
+            x1 = backbone.normalize(batch["image1"].to(device))
+            dino = ((batch["dino0"].to(device), batch["dino1"].to(device))
+                    if "dino0" in batch else None)
+            f0, f1 = backbone.pair_features(x0, x1, batch["category"], dino_inputs=dino)
+            per_pair.append(nearest_neighbour_pck(
+                f0, f1, batch["points0"].to(device), batch["points1"].to(device),
+                batch["valid"].to(device), batch["threshold"].to(device), x0.shape[-1]))
+    return float(torch.cat(per_pair).float().mean())
 
 
 def _device(name: str | None, dist: Any) -> torch.device:
@@ -474,12 +459,15 @@ def _check_resume(path: Path, saved: dict[str, Any], current: dict[str, Any]) ->
 
 # -------------------------------------------------------------------------------------- CLI
 def _run(args: argparse.Namespace) -> int:
-    config = config_from_sources(args.config, args.overrides, args.prompt)
+    config = config_from_sources(args.config, args.overrides, args.prompt,
+                                 dataset=args.dataset, root=args.root,
+                                 export_official=args.export_official or None)
     every = max(1, args.log_every)
 
     def report(step: int, numbers: dict[str, float]) -> None:
-        if (step + 1) % every == 0 or step + 1 == config.steps:
-            print(f"step {step + 1}/{config.steps}  loss {numbers['loss']:.4f}", flush=True)
+        if (step + 1) % every == 0 or "val_pck" in numbers:
+            parts = "  ".join(f"{k} {v:.4f}" for k, v in numbers.items())
+            print(f"step {step + 1}  {parts}", flush=True)
 
     path = train_sd4match(config, progress=report)
     if os.environ.get("RANK", "0") == "0":  # one line per job under torchrun
@@ -493,13 +481,22 @@ def add_sd4match_parser(subparsers: argparse._SubParsersAction) -> None:
         "sd4match",
         help="SD4Match prompt tuning of a frozen Stable Diffusion 2.1",
         description="Learn an SD4Match prompt (single, class or cpm) with the Gaussian "
-        "cross-entropy loss on synthetic pairs; settings: defaults < --config file < "
-        "key=value overrides < --prompt; resumable; runs under torchrun.",
+        "cross-entropy loss on a benchmark's training pairs (--dataset spair|pf-pascal|"
+        "keypoints-json --root DIR; the official epochs by default) or on synthetic warps "
+        "(images=DIR); settings: defaults < --config file < key=value overrides < flags; "
+        "resumable; runs under torchrun.",
     )
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="settings, e.g. images=DIR out=runs/sd4m sd_weights=DIR steps=500")
     parser.add_argument("--prompt", choices=("single", "class", "cpm"), default=None,
                         help="prompt module (default single)")
+    parser.add_argument("--dataset", choices=TRAIN_DATASETS, default=None,
+                        help="training pairs: a benchmark's training split, or synthetic "
+                        "warps of images=DIR (default synthetic)")
+    parser.add_argument("--root", default=None, help="the benchmark's folder, as downloaded")
+    parser.add_argument("--export-official", action="store_true",
+                        help="also write OUT/official/<prompt type>/caption.pt or ckpt.pt, "
+                        "SD4Match's released layout")
     parser.add_argument("--config", default=None, help="YAML or JSON file of settings")
     parser.add_argument("--log-every", type=int, default=10, help="print every N steps")
     parser.set_defaults(func=_run)

@@ -122,9 +122,9 @@ class PCKProtocol:
             return float(torch.maximum(box[2] - box[0], box[3] - box[1]))
         return float(max(sample.target_size))
 
-    def reference_words(self, dataset: PairDataset) -> str:
-        """The reference rule for ``dataset``, in words."""
-        normalisation = dataset.protocol.get("normalisation", "bbox")
+    def reference_words(self, normalisation: str) -> str:
+        """The reference rule, in words, for a dataset of ``normalisation`` (its
+        ``protocol["normalisation"]``)."""
         if self.stretched:
             size = self.stretch_size
             return {
@@ -151,7 +151,7 @@ class PCKProtocol:
             "name": self.name,
             "source": self.source,
             "normalisation": dataset.protocol.get("normalisation", "bbox"),
-            "reference": self.reference_words(dataset),
+            "reference": self.reference_words(dataset.protocol.get("normalisation", "bbox")),
             "frame": frame,
             "comparison": f"distance {self.comparison} alpha * reference",
             "precision": self.precision,

@@ -10,6 +10,7 @@ the PCK depends on.
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 import types
@@ -182,3 +183,43 @@ def test_at_the_threshold_semcorr_and_the_official_evaluator_agree(
     assert ours["pck"]["0.10"]["per_image"] == pytest.approx(official_image[0.1], abs=1e-6)
     assert official_image[0.1] > 0.5
     assert strict["pck"]["0.10"]["per_image"] < official_image[0.1]  # `<` drops the edge
+
+
+def test_a_pair_condition_sees_the_raw_images(spair_root: Path, tmp_path: Path) -> None:
+    """Under the stretched protocol the backbone gets stretched squares, while a pair-conditioned
+    backbone (SD4Match's CPM) is conditioned on the images as read, as the official CPM is."""
+    from semcorr import create_backbone
+    from semcorr.data import create_dataset
+    from semcorr.eval.benchmark import evaluate
+    from semcorr.features.base import Backbone
+    from semcorr.pipeline import Matcher
+
+    class PairConditioned(Backbone):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = create_backbone("dense-sift", image_size=64)
+            self.info = self.inner.info
+            self.pairs: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
+            self.inputs: list[tuple[int, ...]] = []
+            self.fixed = False
+
+        @property
+        def condition(self) -> str:
+            return "image" if self.fixed else "pair"
+
+        def conditioned(self, *, category: str | None = None,
+                        pair: tuple[torch.Tensor, torch.Tensor] | None = None) -> Backbone:
+            self.pairs.append((tuple(pair[0].shape), tuple(pair[1].shape)))
+            view = copy.copy(self)  # shares the records
+            view.fixed = True
+            return view
+
+        def extract(self, images: list[torch.Tensor]) -> tuple:
+            self.inputs += [tuple(image.shape) for image in images]
+            return self.inner.extract(images)
+
+    backbone = PairConditioned()
+    evaluate(Matcher(backbone), create_dataset("spair", spair_root), tmp_path / "o",
+             protocol="sd4match", progress=False, plot=False)
+    assert backbone.pairs == [((3, 30, 40), (3, 32, 36)), ((3, 32, 36), (3, 30, 30))]
+    assert set(backbone.inputs) == {(3, 64, 64)}

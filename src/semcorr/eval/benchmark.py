@@ -69,15 +69,16 @@ class FeatureLRU:
         matcher: computes the features.
         size: the most images kept.
         target: cache target features (:meth:`Matcher.target_features`) instead of source ones.
-        load: reads an image file as ``(3, H, W)`` in [0, 1] (e.g. stretched by a protocol).
+        prepare: applied to each image ``(3, H, W)`` before the backbone (e.g. a protocol's
+            stretch); ``None``: the image as read.
     """
 
     def __init__(self, matcher: Matcher, size: int = 4, target: bool = False,
-                 load: Callable[[Path], torch.Tensor] = load_image) -> None:
+                 prepare: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         self.matcher = matcher
         self.size = max(0, size)
         self.target = target
-        self.load = load
+        self.prepare = prepare or (lambda image: image)
         self._items: OrderedDict[tuple[str, str], SourceFeatures | TargetFeatures] = OrderedDict()
         self.hits = 0
         self.misses = 0
@@ -99,7 +100,7 @@ class FeatureLRU:
         self.misses += 1
         matcher = matcher or self.matcher
         compute = matcher.target_features if self.target else matcher.source_features
-        features = compute(self.load(path))
+        features = compute(self.prepare(load_image(path)))
         if self.size:
             self._items[key] = features
             while len(self._items) > self.size:
@@ -188,13 +189,16 @@ def _pair_features(
 ) -> tuple[Matcher, SourceFeatures, TargetFeatures]:
     """The matcher under the condition the backbone needs (see
     :attr:`~semcorr.features.base.Backbone.condition`) and the pair's features under it: cached
-    per image, per image and category, or computed for this pair alone."""
+    per image, per image and category, or computed for this pair alone. A pair's condition is
+    taken from the images as read (SD4Match's CPM reads the raw images); the features from the
+    prepared ones."""
     condition = matcher.backbone.condition
     if condition == "pair":
-        source_image, target_image = sources.load(sample.source_path), targets.load(
+        source_image, target_image = load_image(sample.source_path), load_image(
             sample.target_path)
         view = matcher.conditioned(pair=(source_image, target_image), category=sample.category)
-        return view, view.source_features(source_image), view.target_features(target_image)
+        return (view, view.source_features(sources.prepare(source_image)),
+                view.target_features(targets.prepare(target_image)))
     if condition == "category":
         view = matcher.conditioned(category=sample.category)
         return (view, sources(sample.source_path, view, sample.category),
@@ -202,16 +206,15 @@ def _pair_features(
     return matcher, sources(sample.source_path), targets(sample.target_path)
 
 
-def _stretched_loader(size: int, antialias: bool) -> Callable[[Path], torch.Tensor]:
-    """Reads an image and stretches it to ``size x size`` (aspect ignored)."""
+def _stretcher(size: int, antialias: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Stretches an image ``(3, H, W)`` to ``(3, size, size)`` (aspect ignored)."""
     from semcorr.geometry import Stretch
 
-    def load(path: Path) -> torch.Tensor:
-        image = load_image(path)
-        stretch = Stretch(image.shape[-1], image.shape[-2], size)
-        return stretch.apply(image[None], antialias=antialias)[0].clamp(0, 1)
+    def stretch(image: torch.Tensor) -> torch.Tensor:
+        frame = Stretch(image.shape[-1], image.shape[-2], size)
+        return frame.apply(image[None], antialias=antialias)[0].clamp(0, 1)
 
-    return load
+    return stretch
 
 
 def _square_grid(matcher: Matcher) -> tuple[int, int]:
@@ -311,11 +314,11 @@ def export_predictions(
     done = _repair(path)
     total = len(dataset) if limit is None else min(limit, len(dataset))
     protocol = protocol or get_protocol(default_protocol(dataset.name))
-    load = (_stretched_loader(matcher.backbone.info.image_size, protocol.stretch_antialias)
-            if protocol.stretched else load_image)
+    prepare = (_stretcher(matcher.backbone.info.image_size, protocol.stretch_antialias)
+               if protocol.stretched else None)
     normalisation = dataset.protocol.get("normalisation", "bbox")
-    sources = FeatureLRU(matcher, cache_size, load=load)
-    targets = FeatureLRU(matcher, cache_size, target=True, load=load)
+    sources = FeatureLRU(matcher, cache_size, prepare=prepare)
+    targets = FeatureLRU(matcher, cache_size, target=True, prepare=prepare)
     in_scope: set[str] = set()
     predicted = 0
     start = time.perf_counter()

@@ -37,10 +37,13 @@ from semcorr.data.base import PairDataset, PairSample
 from semcorr.errors import UnknownNameError
 from semcorr.eval.pck import DEFAULT_THRESHOLDS, format_threshold, pck_correct
 from semcorr.geometry import Stretch
+from semcorr.registry import Registry
 
 __all__ = [
     "DEFAULT_PROTOCOLS",
     "PCKProtocol",
+    "PROTOCOLS",
+    "StretchedPair",
     "default_protocol",
     "get_protocol",
     "list_protocols",
@@ -230,14 +233,12 @@ class StretchedPair:
         return self.target.from_cells(cells, self.grid)
 
 
-_PROTOCOLS: dict[str, PCKProtocol] = {}
+PROTOCOLS: Registry[PCKProtocol] = Registry("PCK protocol")
 
 
 def register_protocol(protocol: PCKProtocol) -> PCKProtocol:
     """Add ``protocol`` to the registry (a name can be registered once)."""
-    if protocol.name in _PROTOCOLS:
-        raise ValueError(f"PCK protocol {protocol.name!r} is already registered")
-    _PROTOCOLS[protocol.name] = protocol
+    PROTOCOLS.register(protocol.name)(lambda: protocol)
     return protocol
 
 
@@ -247,15 +248,12 @@ def get_protocol(name: str) -> PCKProtocol:
     Raises:
         UnknownNameError: listing the known names.
     """
-    if name not in _PROTOCOLS:
-        raise UnknownNameError(f"unknown PCK protocol {name!r} (known: "
-                               f"{', '.join(list_protocols())})")
-    return _PROTOCOLS[name]
+    return PROTOCOLS.create(name)
 
 
 def list_protocols() -> list[str]:
     """Registered protocol names, sorted."""
-    return sorted(_PROTOCOLS)
+    return PROTOCOLS.names()
 
 
 #: The protocol of each dataset when ``--protocol`` is left out (dataset registry name → name).

@@ -183,9 +183,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dataset", default=None, choices=list_datasets(),
                         help="benchmark (required unless the preset sets it)")
     parser.add_argument("--root", default=None, help="the dataset folder, as downloaded")
-    parser.add_argument("--preset", default=None, choices=list_eval_presets() or None,
+    parser.add_argument("--preset", default=None, metavar="NAME",
                         help="a published evaluation, setting for setting; options given on "
-                        "the command line override it")
+                        f"the command line override it ({', '.join(list_eval_presets())})")
     parser.add_argument("--print-config", action="store_true",
                         help="print every setting (defaults < preset < options) and exit")
     parser.add_argument("--split", default="test", help="split (default: test)")

@@ -405,10 +405,17 @@ class TestCheckpointUse:
         assert code == 0
         table = (run / "report" / "report.md").read_text()
         assert "| base |" in table and "| finetuned |" in table and "pf-willow (test)" in table
+        assert "foundation-finetune protocol (<=" in table and "PCK@0.20 per keypoint" in table
+        assert "## finetuned on pf-willow (test)" in table  # per category and difficulty
         report = json.loads((run / "report" / "report.json").read_text())
+        assert report["protocol"] == "foundation-finetune"
+        assert report["thresholds"] == ["0.05", "0.10", "0.15", "0.20"]
         for row in report["table"].values():
             assert set(row) == {"keypoints-json (val)", "pf-willow (test)"}
-            assert all(0 <= v["per_image"] <= 1 for v in row.values())
+            for cell in row.values():
+                assert cell["pairs"] == 3
+                assert all(0 <= cell[kind][k]["mean"] <= 1 and cell[kind][k]["std"] >= 0
+                           for kind in ("per_image", "per_keypoint") for k in report["thresholds"])
         assert "finetuned" in capsys.readouterr().out
 
 

@@ -89,9 +89,24 @@ def resolve_settings(args: argparse.Namespace, defaults: dict[str, Any]) -> dict
         value = getattr(args, dest, _UNSET)
         if not _given(value):
             value = preset_settings.get(dest, default)
+        elif isinstance(value, list) and isinstance(preset_settings.get(dest), (list, tuple)):
+            value = [*preset_settings[dest], *value]  # repeatable KEY=VALUE: the given win
         settings[dest] = value
         setattr(args, dest, value)
     return settings
+
+
+def _resolve_protocol(settings: dict[str, Any]) -> None:
+    """Fill ``protocol`` (the dataset's default) and ``thresholds`` (the protocol's) when
+    neither the command line nor the preset set them."""
+    from semcorr.eval.pck import format_threshold
+    from semcorr.eval.protocols import default_protocol, get_protocol
+
+    if settings.get("protocol") is None and settings.get("dataset") is not None:
+        settings["protocol"] = default_protocol(settings["dataset"])
+    if settings.get("thresholds") is None and settings.get("protocol") is not None:
+        thresholds = get_protocol(settings["protocol"]).thresholds
+        settings["thresholds"] = ",".join(format_threshold(a) for a in thresholds)
 
 
 def _print_config(args: argparse.Namespace, settings: dict[str, Any]) -> int:
@@ -114,12 +129,14 @@ def _run(args: argparse.Namespace, defaults: dict[str, Any]) -> int:
     from semcorr.pipeline import Matcher
 
     settings = resolve_settings(args, defaults)
+    _resolve_protocol(settings)
+    args.protocol, args.thresholds = settings["protocol"], settings["thresholds"]
     if args.print_config:
         return _print_config(args, settings)
     for dest, flag in (("dataset", "--dataset"), ("root", "--root")):
         if getattr(args, dest) is None:
             raise InputError(f"{flag} is required (or a --preset that sets it)")
-    thresholds = parse_thresholds(args.thresholds)
+    thresholds = parse_thresholds(args.thresholds) if args.thresholds else None
     if args.save_examples < 0 or not 0 < args.examples_alpha < 1:
         raise InputError("--save-examples must be >= 0 and --examples-alpha between 0 and 1")
     options = parse_dataset_options(args.dataset_option)
@@ -143,6 +160,7 @@ def _run(args: argparse.Namespace, defaults: dict[str, Any]) -> int:
         progress=not args.quiet,
         save_examples=args.save_examples,
         examples_alpha=args.examples_alpha,
+        protocol=args.protocol,
     )
     print(markdown_table(results))
     for item in results["skipped_pairs"]:
@@ -167,9 +185,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dataset", default=None, choices=list_datasets(),
                         help="benchmark (required unless the preset sets it)")
     parser.add_argument("--root", default=None, help="the dataset folder, as downloaded")
-    parser.add_argument("--preset", default=None, choices=list_eval_presets() or None,
+    parser.add_argument("--preset", default=None, metavar="NAME",
                         help="a published evaluation, setting for setting; options given on "
-                        "the command line override it")
+                        f"the command line override it ({', '.join(list_eval_presets())})")
     parser.add_argument("--print-config", action="store_true",
                         help="print every setting (defaults < preset < options) and exit")
     parser.add_argument("--split", default="test", help="split (default: test)")
@@ -188,10 +206,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_backbone_options(parser)
     add_refine_options(parser)
+    from semcorr.eval.protocols import DEFAULT_PROTOCOLS, list_protocols
+
+    defaults_text = ", ".join(f"{k} {v}" for k, v in DEFAULT_PROTOCOLS.items())
+    parser.add_argument("--protocol", default=None, choices=list_protocols(),
+                        help="how PCK is measured: geoaware, pf, sd4match (stretched 768 frame, "
+                        "<=) or foundation-finetune (<= box or image, mean ± std); default by "
+                        f"dataset: {defaults_text}")
     parser.add_argument(
         "--thresholds",
-        default="0.01,0.05,0.10,0.15",
-        help="comma-separated PCK thresholds α (default: 0.01,0.05,0.10,0.15)",
+        default=None,
+        help="comma-separated PCK thresholds α (default: the protocol's, e.g. "
+        "0.01,0.05,0.10,0.15 for geoaware and pf)",
     )
     parser.add_argument("--limit", type=int, default=None, help="first N pairs only")
     parser.add_argument(

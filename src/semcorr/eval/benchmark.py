@@ -10,6 +10,10 @@
 2. **metrics**: stream the predictions file through :class:`~semcorr.eval.pck.PCKAccumulator`
    and write ``OUT/results.json``, ``OUT/results.md`` and ``OUT/pck_curve.png``.
 
+PCK follows a named protocol (:mod:`semcorr.eval.protocols`; the dataset's default when none is
+given). A ``stretched`` protocol (``sd4match``) stretches both images to the backbone's square
+before the backbone and records ground truth, reference and predictions in its stretched frame.
+
 Memory stays flat in the number of pairs: predictions go to disk as they are made, metrics are
 running sums, and source and target features are kept in small LRU caches keyed by image path
 (and category, for a backbone conditioned on it; a pair-conditioned backbone's features are
@@ -30,7 +34,8 @@ import torch
 
 from semcorr.data.base import PairDataset, PairSample
 from semcorr.errors import ImageError, InputError
-from semcorr.eval.pck import DEFAULT_THRESHOLDS, PCKAccumulator, format_threshold, pck_correct
+from semcorr.eval.pck import PCKAccumulator, PCKStatistics, format_threshold
+from semcorr.eval.protocols import PCKProtocol, StretchedPair, default_protocol, get_protocol
 from semcorr.io import atomic_write_bytes, atomic_write_json, load_image
 from semcorr.pipeline import Matcher, SourceFeatures, TargetFeatures
 
@@ -42,6 +47,7 @@ __all__ = [
     "evaluate",
     "export_predictions",
     "read_predictions",
+    "resolve_protocol",
 ]
 
 #: α values of the PCK-vs-α curve (0.01 to 0.20), added to the reported thresholds.
@@ -63,12 +69,16 @@ class FeatureLRU:
         matcher: computes the features.
         size: the most images kept.
         target: cache target features (:meth:`Matcher.target_features`) instead of source ones.
+        prepare: applied to each image ``(3, H, W)`` before the backbone (e.g. a protocol's
+            stretch); ``None``: the image as read.
     """
 
-    def __init__(self, matcher: Matcher, size: int = 4, target: bool = False) -> None:
+    def __init__(self, matcher: Matcher, size: int = 4, target: bool = False,
+                 prepare: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         self.matcher = matcher
         self.size = max(0, size)
         self.target = target
+        self.prepare = prepare or (lambda image: image)
         self._items: OrderedDict[tuple[str, str], SourceFeatures | TargetFeatures] = OrderedDict()
         self.hits = 0
         self.misses = 0
@@ -90,7 +100,7 @@ class FeatureLRU:
         self.misses += 1
         matcher = matcher or self.matcher
         compute = matcher.target_features if self.target else matcher.source_features
-        features = compute(load_image(path))
+        features = compute(self.prepare(load_image(path)))
         if self.size:
             self._items[key] = features
             while len(self._items) > self.size:
@@ -179,12 +189,16 @@ def _pair_features(
 ) -> tuple[Matcher, SourceFeatures, TargetFeatures]:
     """The matcher under the condition the backbone needs (see
     :attr:`~semcorr.features.base.Backbone.condition`) and the pair's features under it: cached
-    per image, per image and category, or computed for this pair alone."""
+    per image, per image and category, or computed for this pair alone. A pair's condition is
+    taken from the images as read (SD4Match's CPM reads the raw images); the features from the
+    prepared ones."""
     condition = matcher.backbone.condition
     if condition == "pair":
-        source_image, target_image = load_image(sample.source_path), load_image(sample.target_path)
+        source_image, target_image = load_image(sample.source_path), load_image(
+            sample.target_path)
         view = matcher.conditioned(pair=(source_image, target_image), category=sample.category)
-        return view, view.source_features(source_image), view.target_features(target_image)
+        return (view, view.source_features(sources.prepare(source_image)),
+                view.target_features(targets.prepare(target_image)))
     if condition == "category":
         view = matcher.conditioned(category=sample.category)
         return (view, sources(sample.source_path, view, sample.category),
@@ -192,18 +206,48 @@ def _pair_features(
     return matcher, sources(sample.source_path), targets(sample.target_path)
 
 
+def _stretcher(size: int, antialias: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Stretches an image ``(3, H, W)`` to ``(3, size, size)`` (aspect ignored)."""
+    from semcorr.geometry import Stretch
+
+    def stretch(image: torch.Tensor) -> torch.Tensor:
+        frame = Stretch(image.shape[-1], image.shape[-2], size)
+        return frame.apply(image[None], antialias=antialias)[0].clamp(0, 1)
+
+    return stretch
+
+
+def _square_grid(matcher: Matcher) -> tuple[int, int]:
+    """Side ``S`` of the backbone's square input and its feature grid's cells per side."""
+    size = matcher.backbone.info.image_size
+    return size, matcher.backbone.transform_for(size, size).grid_size
+
+
 def _predict(
-    matcher: Matcher, sources: FeatureLRU, targets: FeatureLRU, sample: PairSample
+    matcher: Matcher,
+    sources: FeatureLRU,
+    targets: FeatureLRU,
+    sample: PairSample,
+    protocol: PCKProtocol,
+    normalisation: str = "bbox",
 ) -> dict[str, Any]:
-    """One prediction record: points for the visible keypoints, ground truth, reference."""
+    """One prediction record: points for the visible keypoints, ground truth, reference, all
+    in the protocol's frame."""
     visible = sample.visible
     rows = visible.nonzero().flatten()
+    stretched = None
+    if protocol.stretched:
+        stretched = StretchedPair(protocol, sample, *_square_grid(matcher))
+        gt = stretched.points(sample.target_points[rows], stretched.target)
+        reference = stretched.reference(normalisation, rows)
+    else:
+        gt, reference = sample.target_points[rows], protocol.original_reference(sample)
     record: dict[str, Any] = {
         "pair_id": sample.pair_id,
         "category": sample.category,
-        "reference": sample.pck_reference,
+        "reference": reference,
         "keypoint_ids": sample.keypoint_ids[rows].tolist(),
-        "gt": sample.target_points[rows].tolist(),
+        "gt": gt.tolist(),
         "geo_aware": sample.geometry_aware()[rows].tolist(),
         # for galleries and difficulty breakdowns, drawn from this file alone
         "source_path": str(sample.source_path),
@@ -215,17 +259,22 @@ def _predict(
         record.update(pred=[], scores=[], pose="identity")
         return record
     view, source, target = _pair_features(matcher, sources, targets, sample)
-    points = sample.source_points[rows].float()
-    points = torch.stack(  # annotations a hair outside the image are pulled onto its border
-        [points[:, 0].clamp(0, source.width - 1), points[:, 1].clamp(0, source.height - 1)], dim=1
-    )
+    if stretched is not None:
+        points = stretched.to_matcher(stretched.points(sample.source_points[rows],
+                                                       stretched.source))
+    else:
+        points = sample.source_points[rows].float()
+        points = torch.stack(  # annotations a hair outside the image are pulled onto its border
+            [points[:, 0].clamp(0, source.width - 1), points[:, 1].clamp(0, source.height - 1)],
+            dim=1)
     # partners among the visible rows only
     new_index = torch.full((sample.num_keypoints,), -1, dtype=torch.long)
     new_index[rows] = torch.arange(rows.numel())
     partner = sample.flip_permutation[rows]
     perm = torch.where(partner >= 0, new_index[partner.clamp_min(0)], partner)
     result = view.match(source, [target], points, flip_permutation=perm.tolist())[0]
-    record.update(pred=result.points.tolist(), scores=result.scores.tolist(), pose=result.pose)
+    pred = result.points if stretched is None else stretched.from_matcher(result.points)
+    record.update(pred=pred.tolist(), scores=result.scores.tolist(), pose=result.pose)
     return record
 
 
@@ -237,6 +286,7 @@ def export_predictions(
     cache_size: int = 16,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    protocol: PCKProtocol | None = None,
 ) -> dict[str, Any]:
     """Predict every pair not yet in ``out_dir/predictions.jsonl`` and append it there.
 
@@ -248,6 +298,8 @@ def export_predictions(
         cache_size: source images, and as many target images, whose features are kept.
         progress: show a progress bar.
         log: called with one line per skipped pair.
+        protocol: the PCK protocol whose frame and reference are recorded (default: the
+            dataset's).
 
     Returns:
         ``{"pair_ids": set of the pairs in scope, "predicted": int (this run),
@@ -261,8 +313,12 @@ def export_predictions(
     path = out_dir / PREDICTIONS
     done = _repair(path)
     total = len(dataset) if limit is None else min(limit, len(dataset))
-    sources = FeatureLRU(matcher, cache_size)
-    targets = FeatureLRU(matcher, cache_size, target=True)
+    protocol = protocol or get_protocol(default_protocol(dataset.name))
+    prepare = (_stretcher(matcher.backbone.info.image_size, protocol.stretch_antialias)
+               if protocol.stretched else None)
+    normalisation = dataset.protocol.get("normalisation", "bbox")
+    sources = FeatureLRU(matcher, cache_size, prepare=prepare)
+    targets = FeatureLRU(matcher, cache_size, target=True, prepare=prepare)
     in_scope: set[str] = set()
     predicted = 0
     start = time.perf_counter()
@@ -281,7 +337,7 @@ def export_predictions(
             if sample.pair_id in done:
                 continue
             try:
-                record = _predict(matcher, sources, targets, sample)
+                record = _predict(matcher, sources, targets, sample, protocol, normalisation)
             except ImageError as exc:
                 record = {
                     "pair_id": sample.pair_id,
@@ -300,16 +356,20 @@ def export_predictions(
 def compute_metrics(
     predictions: Path,
     pair_ids: set[str] | None,
-    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    thresholds: Sequence[float] | None = None,
     average: str = "pairs",
+    protocol: PCKProtocol | None = None,
 ) -> dict[str, Any]:
     """PCK from a predictions file, streamed.
 
     Args:
         predictions: a ``predictions.jsonl`` written by :func:`export_predictions`.
         pair_ids: the pairs to count (all when ``None``).
-        thresholds: reported α values.
+        thresholds: reported α values (default: the protocol's).
         average: see :class:`~semcorr.eval.pck.PCKAccumulator`.
+        protocol: the comparison and precision (default ``geoaware``: strict ``<`` in
+            float64); with ``statistics``, adds ``statistics``
+            (:class:`~semcorr.eval.pck.PCKStatistics`).
 
     Returns:
         The accumulator's summary plus ``pairs``, ``skipped``, ``skipped_pairs`` and
@@ -319,10 +379,13 @@ def compute_metrics(
     """
     from semcorr.analysis.breakdowns import BreakdownAccumulator
 
+    protocol = protocol or get_protocol("geoaware")
+    thresholds = list(protocol.thresholds if thresholds is None else thresholds)
     alphas = sorted(set(CURVE_ALPHAS) | {round(float(a), 6) for a in thresholds})
     accumulator = PCKAccumulator(alphas, average=average)
     columns = [alphas.index(round(float(a), 6)) for a in thresholds]
     breakdowns = BreakdownAccumulator([format_threshold(a) for a in thresholds])
+    statistics = PCKStatistics(thresholds) if protocol.statistics else None
     seen: set[str] = set()
     skipped: list[dict[str, str]] = []
     pairs = 0
@@ -337,11 +400,13 @@ def compute_metrics(
         pairs += 1
         pred = torch.tensor(record["pred"], dtype=torch.float64).reshape(-1, 2)
         gt = torch.tensor(record["gt"], dtype=torch.float64).reshape(-1, 2)
-        correct = pck_correct(pred, gt, float(record["reference"]), alphas)
+        correct = protocol.correct(pred, gt, float(record["reference"]), alphas)
         geo = torch.tensor(record["geo_aware"], dtype=torch.bool).reshape(-1)
         accumulator.add(record["category"], correct, geo)
         breakdowns.add(correct[:, columns], record["category"], record.get("keypoint_ids"), geo,
                        record.get("extra"))
+        if statistics is not None:
+            statistics.add(record["category"], correct[:, columns], record.get("extra"))
     summary = accumulator.summary()
     wanted = [format_threshold(a) for a in thresholds]
 
@@ -368,14 +433,26 @@ def compute_metrics(
         },
         "curve": curve,
         "breakdowns": breakdowns.summary(),
+        **({"statistics": statistics.summary()} if statistics is not None else {}),
     }
+
+
+def resolve_protocol(protocol: str | PCKProtocol | None, dataset: PairDataset) -> PCKProtocol:
+    """The protocol object: by name, as given, or the dataset's default when ``None``.
+
+    Raises:
+        UnknownNameError: for an unknown name.
+    """
+    if isinstance(protocol, PCKProtocol):
+        return protocol
+    return get_protocol(protocol or default_protocol(dataset.name))
 
 
 def evaluate(
     matcher: Matcher,
     dataset: PairDataset,
     out_dir: str | Path,
-    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    thresholds: Sequence[float] | None = None,
     limit: int | None = None,
     overwrite: bool = False,
     cache_size: int = 16,
@@ -384,6 +461,7 @@ def evaluate(
     extra_config: dict[str, Any] | None = None,
     save_examples: int = 0,
     examples_alpha: float = 0.1,
+    protocol: str | PCKProtocol | None = None,
 ) -> dict[str, Any]:
     """Export predictions, then compute and write the metrics.
 
@@ -392,7 +470,8 @@ def evaluate(
         dataset: the benchmark pairs.
         out_dir: where ``predictions.jsonl``, ``config.json``, ``results.json``,
             ``results.md`` and ``pck_curve.png`` go.
-        thresholds: reported α values (two decimals in the results).
+        thresholds: reported α values (two decimals in the results; default: the
+            protocol's).
         limit: evaluate the first ``limit`` pairs only.
         overwrite: discard earlier predictions in ``out_dir`` instead of resuming.
         cache_size: source images, and as many target images, whose features are kept.
@@ -402,6 +481,8 @@ def evaluate(
         save_examples: write the N best and N worst pairs as pictures and an offline
             ``examples/index.html`` (see :func:`semcorr.viz.gallery.save_gallery`).
         examples_alpha: the PCK threshold that ranks and colours the examples.
+        protocol: a name of :mod:`semcorr.eval.protocols` or a protocol (default: the
+            dataset's, :data:`~semcorr.eval.protocols.DEFAULT_PROTOCOLS`).
 
     Returns:
         The ``results.json`` content: ``dataset``, ``split``, ``pairs``, ``skipped``,
@@ -413,7 +494,8 @@ def evaluate(
 
     if limit is not None and limit < 1:
         raise InputError("--limit must be at least 1")
-    thresholds = [float(a) for a in thresholds]
+    rule = resolve_protocol(protocol, dataset)
+    thresholds = [float(a) for a in (rule.thresholds if thresholds is None else thresholds)]
     if not thresholds or any(not (0 < a < 1) or math.isnan(a) for a in thresholds):
         raise InputError("thresholds must be numbers between 0 and 1")
     out = Path(out_dir)
@@ -423,29 +505,20 @@ def evaluate(
         "split": dataset.split,
         "root": str(dataset.root),
         "matcher": describe_matcher(matcher),
+        "protocol": rule.name,
         **(extra_config or {}),
     }
     _check_config(out, config, overwrite)
-    export = export_predictions(matcher, dataset, out, limit, cache_size, progress)
-    metrics = compute_metrics(
-        out / PREDICTIONS, export["pair_ids"], thresholds, dataset.protocol.get("average", "pairs")
-    )
+    export = export_predictions(matcher, dataset, out, limit, cache_size, progress,
+                                protocol=rule)
+    metrics = compute_metrics(out / PREDICTIONS, export["pair_ids"], thresholds,
+                              rule.averaging(dataset), rule)
     results = {
         "dataset": dataset.name,
         "split": dataset.split,
         "pairs": metrics.pop("pairs"),
         "skipped": metrics.pop("skipped"),
-        "protocol": {
-            **dataset.protocol,
-            "comparison": "distance < alpha * reference (strict)",
-            "per_image": "mean over pairs of each pair's PCK"
-            + (
-                ", then mean over categories"
-                if dataset.protocol.get("average") == "categories"
-                else ""
-            ),
-            "per_keypoint": "all visible keypoints pooled",
-        },
+        "protocol": rule.rules(dataset),
         "thresholds": [format_threshold(a) for a in thresholds],
         **metrics,
         "config": config,
@@ -464,6 +537,10 @@ def evaluate(
         )
     atomic_write_json(out / RESULTS, results)
     tables = breakdown_tables(results["breakdowns"], results["thresholds"])
+    if "statistics" in results:
+        from semcorr.eval.report import statistics_tables
+
+        tables = statistics_tables(results["statistics"], results["thresholds"]) + "\n\n" + tables
     atomic_write_bytes(
         out / TABLE, (markdown_table(results) + "\n\n" + tables + "\n").encode("utf-8")
     )

@@ -1,8 +1,11 @@
 """Percentage of Correct Keypoints (PCK), as pure torch functions plus a streaming accumulator.
 
 A predicted point is correct at threshold α when its Euclidean distance to the ground truth is
-**strictly less** than ``α * reference`` (GeoAware-SC, SD4Match and the PF benchmarks use ``<``);
-an error exactly at the threshold counts as wrong. ``reference`` is, by protocol:
+**strictly less** than ``α * reference`` (``<``: GeoAware-SC and the PF benchmarks as semcorr has
+always measured them; an error exactly at the threshold counts as wrong) or, with
+``inclusive=True``, at most ``α * reference`` (``<=``: SD4Match's ``utils/evaluator.py`` and the
+foundation fine-tuning study). The named protocols of :mod:`semcorr.eval.protocols` say which
+rule each published number uses. ``reference`` is, by protocol:
 
 * ``bbox``: the larger side of the target's bounding box (SPair-71k, AP-10k, CUB);
 * ``image``: the larger side of the target image (PF-Pascal);
@@ -14,7 +17,8 @@ Two aggregations:
   pairs (pairs without visible keypoints are left out);
 * **per keypoint**: all visible keypoints pooled.
 
-Distances and thresholds are computed in float64 so that "exactly at the threshold" is exact.
+Distances and thresholds are computed in float64 by default so that "exactly at the threshold"
+is exact; ``dtype=torch.float32`` repeats a float32 evaluation (SD4Match's) bit for bit.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import torch
 __all__ = [
     "DEFAULT_THRESHOLDS",
     "PCKAccumulator",
+    "PCKStatistics",
     "bbox_reference",
     "format_threshold",
     "image_reference",
@@ -51,8 +56,10 @@ def pck_correct(
     gt: torch.Tensor,
     reference: float | torch.Tensor,
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    inclusive: bool = False,
+    dtype: torch.dtype = torch.float64,
 ) -> torch.Tensor:
-    """Whether each prediction is within ``α * reference`` of its ground truth (strict ``<``).
+    """Whether each prediction is within ``α * reference`` of its ground truth.
 
     Args:
         pred: ``(..., N, 2)`` predicted (x, y).
@@ -60,6 +67,8 @@ def pck_correct(
         reference: scalar, or a tensor broadcastable to ``(..., N)`` (e.g. ``(N,)`` or
             ``(B, 1)``): the length α multiplies, in pixels.
         thresholds: T values of α.
+        inclusive: ``distance <= α * reference`` instead of the strict ``<``.
+        dtype: precision of the distance, the reference and their comparison.
 
     Returns:
         ``(..., N, T)`` bool.
@@ -68,10 +77,12 @@ def pck_correct(
         raise ValueError(
             f"pred and gt must both be (..., N, 2), got {tuple(pred.shape)} and {tuple(gt.shape)}"
         )
-    distance = torch.linalg.vector_norm(pred.double() - gt.double(), dim=-1)  # (..., N)
-    ref = torch.as_tensor(reference, dtype=torch.float64, device=pred.device)
-    alphas = torch.as_tensor(list(thresholds), dtype=torch.float64, device=pred.device)
-    return distance[..., None] < ref[..., None] * alphas
+    distance = torch.linalg.vector_norm(pred.to(dtype) - gt.to(dtype), dim=-1)  # (..., N)
+    ref = (reference.to(device=pred.device, dtype=dtype) if isinstance(reference, torch.Tensor)
+           else torch.tensor(float(reference), dtype=dtype, device=pred.device))
+    alphas = torch.as_tensor(list(thresholds), dtype=dtype, device=pred.device)
+    limit = ref[..., None] * alphas
+    return distance[..., None] <= limit if inclusive else distance[..., None] < limit
 
 
 def per_image_pck(correct: torch.Tensor, visible: torch.Tensor | None = None) -> torch.Tensor:
@@ -284,4 +295,91 @@ class PCKAccumulator:
                 "keypoints": self._geo.keypoints,
                 "fraction_of_keypoints": geo_fraction,
             },
+        }
+
+
+class _Spread:
+    """Running mean and standard deviation of per-pair PCK and of pooled keypoint hits."""
+
+    def __init__(self, size: int) -> None:
+        self.pairs = 0
+        self.pair_sum = torch.zeros(size, dtype=torch.float64)
+        self.pair_sq = torch.zeros(size, dtype=torch.float64)
+        self.keypoints = 0
+        self.hits = torch.zeros(size, dtype=torch.float64)
+
+    def add(self, correct: torch.Tensor) -> None:
+        """One pair's ``(n, T)`` correctness (n > 0)."""
+        hits = correct.double().sum(dim=0).cpu()
+        pck = hits / correct.shape[0]
+        self.pairs += 1
+        self.pair_sum += pck
+        self.pair_sq += pck * pck
+        self.keypoints += correct.shape[0]
+        self.hits += hits
+
+    def summary(self, keys: Sequence[str]) -> dict:
+        def leaf(mean: torch.Tensor, std: torch.Tensor, i: int) -> dict:
+            return {"mean": float(mean[i]), "std": float(std[i])}
+
+        image_mean = self.pair_sum / self.pairs
+        image_std = (self.pair_sq / self.pairs - image_mean * image_mean).clamp_min(0).sqrt()
+        point_mean = self.hits / self.keypoints
+        point_std = (point_mean * (1 - point_mean)).clamp_min(0).sqrt()  # of 0/1 outcomes
+        return {
+            "pairs": self.pairs,
+            "keypoints": self.keypoints,
+            "per_image": {k: leaf(image_mean, image_std, i) for i, k in enumerate(keys)},
+            "per_keypoint": {k: leaf(point_mean, point_std, i) for i, k in enumerate(keys)},
+        }
+
+
+class PCKStatistics:
+    """PCK mean ± standard deviation, overall, by category and by difficulty level.
+
+    Per image, the samples are the pairs' PCK (mean over the pair's keypoints); per keypoint,
+    the samples are the keypoints' 0/1 correctness (pooled). Standard deviations are the
+    population's (divided by n). Memory holds a few sums per group.
+
+    Args:
+        thresholds: the α values, in the order of ``correct``'s columns.
+        fields: difficulty fields read from each pair's ``extra`` (SPair-71k's by default).
+    """
+
+    def __init__(self, thresholds: Sequence[float],
+                 fields: Sequence[str] = ("viewpoint_variation", "scale_variation",
+                                          "truncation", "occlusion")) -> None:
+        self.keys = [format_threshold(a) for a in thresholds]
+        self.fields = tuple(fields)
+        self._groups: dict[tuple[str, str], _Spread] = {}
+
+    def _add(self, table: str, name: str, correct: torch.Tensor) -> None:
+        self._groups.setdefault((table, name), _Spread(len(self.keys))).add(correct)
+
+    def add(self, category: str, correct: torch.Tensor, extra: dict | None = None) -> None:
+        """Add one pair: ``correct`` ``(n, T)`` bool over its visible keypoints."""
+        if correct.shape[0] == 0:
+            return
+        self._add("all", "all", correct)
+        self._add("category", category, correct)
+        for name in self.fields:
+            value = (extra or {}).get(name)
+            if isinstance(value, (int, str)) and not isinstance(value, bool):
+                self._add(name, str(value), correct)
+
+    def summary(self) -> dict:
+        """``{"overall", "by_category": {name: ...}, "by_difficulty": {field: {level: ...}}}``,
+        each leaf ``{"pairs", "keypoints", "per_image": {α: {"mean", "std"}}, "per_keypoint":
+        {...}}`` with PCK in [0, 1]."""
+
+        def table(name: str) -> dict:
+            return {g: s.summary(self.keys)
+                    for (t, g), s in sorted(self._groups.items()) if t == name}
+
+        overall = self._groups.get(("all", "all"))
+        return {
+            "overall": overall.summary(self.keys) if overall else None,
+            "by_category": table("category"),
+            "by_difficulty": {f: table(f) for f in self.fields
+                              if any(t == f for t, _ in self._groups)},
         }

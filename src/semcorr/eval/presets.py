@@ -84,3 +84,40 @@ def list_eval_presets() -> list[str]:
 
 
 # --- SD4Match (ActiveVisionLab/SD4Match, test.py and config/) ---------------------------------
+
+#: SD4Match's test.py at evaluation: timestep 50 (training uses 261), an ensemble of 8 draws,
+#: each from a sampled VAE latent with fresh noise (torch.manual_seed(0) once); SD 2.1's
+#: up-block 1 output at 768 px (the prompt file's size); kernel soft-argmax, σ 7 cells,
+#: temperature 0.04, Gaussian on the similarities; the sd4match PCK protocol.
+_SD4MATCH_EVAL: dict[str, Any] = {
+    "backbone": "sd4match",
+    "head": "sd4match",
+    "backbone_option": ["feature_timestep=50", "ensemble=8", "latent=sample", "noise=fresh",
+                        "seed=0"],
+    "refine": "kernel",
+    "sigma": 7.0,
+    "temperature": 0.04,
+    "kernel_weighting": "score",
+    "pose_align": False,
+    "protocol": "sd4match",
+    "thresholds": "0.05,0.10,0.15",
+    "split": "test",
+}
+_SD4MATCH_HEADLINE = ("kernel soft-argmax PCK@0.10 per image (mean over pairs), measured in the "
+                      "768x768 stretched frame with <=")
+
+for _name, _dataset, _options, _published in (
+    ("sd4match-spair", "spair", ["layout=large"], 75.5),
+    ("sd4match-pfpascal", "pf-pascal", ["normalisation=image"], 95.2),
+    ("sd4match-pfwillow", "pf-willow", [], 81.3),
+):
+    register_eval_preset(EvalPreset(
+        _name,
+        f"SD4Match on {_dataset} as its test.py evaluates it: SD 2.1 up-block 1 at the prompt "
+        "file's 768 px, stretched (give the prompt file with --head-weights and SD 2.1 with "
+        "--weights)",
+        "ActiveVisionLab/SD4Match test.py, config/learnedToken.py, utils/evaluator.py",
+        settings={"dataset": _dataset, "dataset_option": _options, **_SD4MATCH_EVAL},
+        headline=_SD4MATCH_HEADLINE,
+        published=(("PCK@0.10 per image (SD4Match-CPM)", _published),),
+    ))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["format_pck", "markdown_table"]
+__all__ = ["format_pck", "markdown_table", "statistics_tables"]
 
 
 def format_pck(value: float | None) -> str:
@@ -29,7 +29,9 @@ def markdown_table(results: dict[str, Any], kind: str = "per_image") -> str:
     lines = [
         f"**{results['dataset']}** ({results['split']}): {results['pairs']} pairs, "
         f"{results['skipped']} skipped; PCK {kind.replace('_', ' ')} in %, "
-        f"normalised by {results['protocol']['normalisation']}",
+        f"normalised by {results['protocol']['normalisation']}"
+        + (f", protocol {results['protocol']['name']} ({results['protocol']['comparison']})"
+           if "name" in results["protocol"] else ""),
         "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
@@ -52,5 +54,31 @@ def markdown_table(results: dict[str, Any], kind: str = "per_image") -> str:
             str(geo["pairs"]),
             *[format_pck(geo["pck"][k]["per_keypoint"]) for k in keys],
         ]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def _spread(leaf: dict[str, Any], kind: str, keys: list[str]) -> list[str]:
+    return [f"{100 * leaf[kind][k]['mean']:.1f} ± {100 * leaf[kind][k]['std']:.1f}"
+            for k in keys]
+
+
+def statistics_tables(statistics: dict[str, Any], keys: list[str]) -> str:
+    """Markdown tables of PCK mean ± std (:class:`~semcorr.eval.pck.PCKStatistics`): one row
+    per group (overall, each category, each difficulty level), per keypoint and per image."""
+    header = ["group", "pairs", "keypoints",
+              *[f"PCK@{k} per keypoint" for k in keys], *[f"PCK@{k} per image" for k in keys]]
+    lines = ["### PCK mean ± std (%): per keypoint over keypoints, per image over pairs", "",
+             "| " + " | ".join(header) + " |",
+             "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    groups: list[tuple[str, dict[str, Any]]] = []
+    if statistics.get("overall"):
+        groups.append(("**all**", statistics["overall"]))
+    groups += [(name, leaf) for name, leaf in statistics.get("by_category", {}).items()]
+    for field, levels in statistics.get("by_difficulty", {}).items():
+        groups += [(f"{field} = {level}", leaf) for level, leaf in levels.items()]
+    for name, leaf in groups:
+        row = [name, str(leaf["pairs"]), str(leaf["keypoints"]),
+               *_spread(leaf, "per_keypoint", keys), *_spread(leaf, "per_image", keys)]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)

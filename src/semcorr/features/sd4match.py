@@ -414,6 +414,9 @@ def create_sd4match(
     init_seed: int = 0,
     ensemble: int = 1,
     precision: str = "fp32",
+    feature_timestep: int | None = None,
+    latent: str = "mean",
+    noise: str = "fixed",
 ) -> SD4MatchBackbone:
     """Build the SD4Match backbone, from a prompt file or with a fresh prompt.
 
@@ -437,6 +440,10 @@ def create_sd4match(
             :func:`~semcorr.features.stable_diffusion.create_stable_diffusion` (``seed`` is
             the noise's).
         init_seed: seed of a new prompt's initialisation.
+        feature_timestep: timestep the features are read at, instead of the prompt's
+            (SD4Match trains at 261 and evaluates at 50: the ``sd4match-*`` eval presets).
+        latent, noise: ``sample`` / ``fresh`` for SD4Match's evaluation draws (see
+            :func:`~semcorr.features.stable_diffusion.create_stable_diffusion`).
     """
     from semcorr.features.base import create_backbone
     from semcorr.features.stable_diffusion import create_stable_diffusion
@@ -460,7 +467,8 @@ def create_sd4match(
         raise InputError(f"sd4match: unknown Stable Diffusion variant {config.sd!r}")
     features = create_stable_diffusion(
         config.sd, weights=sd_weights, parts=SD4MATCH_PART, image_size=config.image_size,
-        timestep=config.timestep, seed=seed, ensemble=ensemble, precision=precision,
+        timestep=config.timestep if feature_timestep is None else feature_timestep, seed=seed,
+        ensemble=ensemble, precision=precision, latent=latent, noise=noise,
     )
     source = resolve_weights(sd_weights, name=config.sd, default=SD_VARIANTS[config.sd].hub_id)
     text = _load_text_encoder(source)

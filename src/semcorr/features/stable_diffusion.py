@@ -4,11 +4,13 @@ Names: ``sd15`` (Stable Diffusion 1.5) and ``sd21`` (Stable Diffusion 2.1). Weig
 diffusers folder (``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``) or a
 hub id. One forward:
 
-1. the image, scaled to [-1, 1], is encoded by the VAE (mean of the latent distribution, times
-   the VAE's scaling factor);
+1. the image, scaled to [-1, 1], is encoded by the VAE (mean of the latent distribution, or with
+   ``latent="sample"`` a draw from it as SD4Match does, times the VAE's scaling factor);
 2. noise drawn from a fixed seed is added at ``timestep`` with the scheduler's ``add_noise``
    (the same noise for every image of a batch, so an image's features never depend on its
-   batch); ``ensemble > 1`` averages the features of that many noise draws;
+   batch; ``noise="fresh"``: new draws for every image and call from a generator seeded once,
+   as SD4Match's ``randn_like`` after ``torch.manual_seed(0)``); ``ensemble > 1`` averages the
+   features of that many noise draws;
 3. the U-Net runs with the embedding of ``prompt`` (empty by default) and hooks read the
    requested *parts*; the forward stops once the last part is read.
 
@@ -50,6 +52,8 @@ from semcorr.hub import WeightsSource, load_from_pretrained, resolve_weights
 __all__ = [
     "FREEU_GEOAWARE",
     "GEOAWARE_PARTS",
+    "LATENT_MODES",
+    "NOISE_MODES",
     "SD_VARIANTS",
     "StableDiffusionFeatures",
     "create_stable_diffusion",
@@ -62,6 +66,10 @@ GEOAWARE_PARTS: dict[str, str] = {
     "s4": "up_blocks.1.resnets.2",
     "s5": "up_blocks.0.resnets.2",
 }
+#: Where the latent comes from: the VAE posterior's mean, or a draw from it (SD4Match).
+LATENT_MODES: tuple[str, ...] = ("mean", "sample")
+#: ``fixed``: the same noise every call; ``fresh``: new draws every call (SD4Match).
+NOISE_MODES: tuple[str, ...] = ("fixed", "fresh")
 #: FreeU factors of GeoAware-SC's copy of ODISE.
 FREEU_GEOAWARE: dict[str, float] = {"s1": 0.9, "s2": 0.2, "b1": 1.2, "b2": 1.4}
 
@@ -241,6 +249,9 @@ class StableDiffusionFeatures(Backbone):
         ensemble: number of noise draws averaged.
         freeu: FreeU factors ``{"s1", "s2", "b1", "b2"}`` or ``None``.
         precision: ``fp32``, ``bf16`` or ``fp16`` autocast.
+        latent: ``mean`` or ``sample`` of the VAE's latent distribution.
+        noise: ``fixed`` (the same draws every call) or ``fresh`` (new draws every image and
+            call, from a generator seeded with ``seed`` once).
     """
 
     def __init__(
@@ -257,8 +268,15 @@ class StableDiffusionFeatures(Backbone):
         ensemble: int,
         freeu: Mapping[str, float] | None,
         precision: str,
+        latent: str = "mean",
+        noise: str = "fixed",
     ) -> None:
         super().__init__()
+        if latent not in LATENT_MODES or noise not in NOISE_MODES:
+            raise InputError(f"{info.name}: latent must be one of {LATENT_MODES} and noise one "
+                             f"of {NOISE_MODES}, got {latent!r} and {noise!r}")
+        self.latent, self.noise_mode = latent, noise
+        self._generator = torch.Generator().manual_seed(seed)  # fresh noise and sampled latents
         self.unet = unet.eval()
         self.vae = vae.eval()
         self.scheduler = scheduler
@@ -279,10 +297,20 @@ class StableDiffusionFeatures(Backbone):
         noise = torch.randn((self.ensemble, *shape[1:]), generator=generator)
         return noise.to(device=like.device, dtype=like.dtype)
 
+    def fresh_noise(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        """New standard normal draws of ``shape`` from the backbone's seeded generator."""
+        noise = torch.randn(shape, generator=self._generator)
+        return noise.to(device=like.device, dtype=like.dtype)
+
     def latents(self, images: torch.Tensor) -> torch.Tensor:
         """VAE latents ``(B, 4, H / f, W / f)`` of images in [-1, 1]."""
         posterior = self.vae.encode(images).latent_dist
-        return posterior.mean * self.vae.config.scaling_factor
+        if self.latent == "sample":  # mean + std · ε, ε from the seeded generator
+            latent = posterior.mean + posterior.std * self.fresh_noise(
+                tuple(posterior.mean.shape), posterior.mean)
+        else:
+            latent = posterior.mean
+        return latent * self.vae.config.scaling_factor
 
     def _part_modules(self) -> dict[int, tuple[str, int | None]]:
         """The module whose input each part is, by id → (part name, channels kept)."""
@@ -363,10 +391,13 @@ class StableDiffusionFeatures(Backbone):
             context = context.expand(dims["B"], -1, -1).repeat_interleave(self.ensemble, dim=0)
         with autocast(images.device, self.precision):
             latents = self.latents(images)
-            noise = self.noise(tuple(latents.shape), latents)  # (E, C, h, w)
             b, e = latents.shape[0], self.ensemble
             clean = latents[:, None].expand(-1, e, -1, -1, -1).reshape(b * e, *latents.shape[1:])
-            draws = noise[None].expand(b, -1, -1, -1, -1).reshape(b * e, *latents.shape[1:])
+            if self.noise_mode == "fresh":
+                draws = self.fresh_noise(tuple(clean.shape), latents)
+            else:
+                noise = self.noise(tuple(latents.shape), latents)  # (E, C, h, w)
+                draws = noise[None].expand(b, -1, -1, -1, -1).reshape(b * e, *latents.shape[1:])
             t = torch.full((b * e,), self.timestep, device=latents.device, dtype=torch.long)
             noisy = self.scheduler.add_noise(clean, draws, t)
             parts = self.unet_parts(noisy, context)
@@ -452,6 +483,8 @@ def create_stable_diffusion(
     recipe: str | None = None,
     captioner: str | None = None,
     captioner_clip: str | None = None,
+    latent: str = "mean",
+    noise: str = "fixed",
 ) -> StableDiffusionFeatures:
     """Build the Stable Diffusion backbone ``name`` (``sd15`` or ``sd21``).
 
@@ -473,6 +506,8 @@ def create_stable_diffusion(
         captioner: with the recipe: ODISE's checkpoint file (``odise_label_coco_50e-*.pth``)
             holding the implicit captioner, or ``"empty"`` for the empty prompt alone.
         captioner_clip: the captioner's CLIP (hub id or folder; default ODISE's ViT-L/14-336).
+        latent: ``mean`` (default) or ``sample`` (SD4Match's ``latent_dist.sample()``).
+        noise: ``fixed`` (default) or ``fresh`` (SD4Match's new noise per image and call).
     """
     variant = SD_VARIANTS[name]
     if recipe is not None:
@@ -482,7 +517,8 @@ def create_stable_diffusion(
         freeu, seed = SD_RECIPES[recipe].check(name, captioner, parts=parts is None,
                                                timestep=timestep == 50, seed=seed == 0,
                                                ensemble=ensemble == 1, prompt=prompt == "",
-                                               freeu=freeu is None)
+                                               freeu=freeu is None, latent=latent == "mean",
+                                               noise=noise == "fixed")
     elif captioner is not None or captioner_clip is not None:
         raise InputError(f"{name}: captioner and captioner_clip need recipe='geoaware'")
     if precision not in PRECISIONS:
@@ -516,10 +552,11 @@ def create_stable_diffusion(
         std=(0.5, 0.5, 0.5),
         weights=source.location,
         license=variant.license,
-        extra={"part_strides": strides, "timestep": timestep, "ensemble": ensemble},
+        extra={"part_strides": strides, "timestep": timestep, "ensemble": ensemble,
+               "latent": latent, "noise": noise},
     )
     options = dict(info=info, parts=parts, timestep=timestep, seed=seed, ensemble=ensemble,
-                   freeu=freeu, precision=precision)
+                   freeu=freeu, precision=precision, latent=latent, noise=noise)
     embedding = _text_embedding(source, prompt)
     if recipe is None:
         return StableDiffusionFeatures(unet, vae, scheduler, embedding, **options)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ResizePad", "flip_points", "rot90_points", "inside_image"]
+__all__ = ["ResizePad", "Stretch", "flip_points", "rot90_points", "inside_image"]
 
 
 @dataclass(frozen=True)
@@ -106,6 +106,73 @@ class ResizePad:
         cols = (centres >= left - 0.5) & (centres <= left + w - 0.5)
         rows = (centres >= top - 0.5) & (centres <= top + h - 0.5)
         return rows[:, None] & cols[None, :]
+
+
+@dataclass(frozen=True)
+class Stretch:
+    """Resize an image to ``size x size`` ignoring its aspect ratio (no padding), with
+    SD4Match's point conventions (its ``Resize((768, 768))`` and ``utils/geometry.py``).
+
+    * Points scale as ``x * size / width`` and ``y * size / height``: no half-pixel offset,
+      computed in float32 as the official code does.
+    * A feature grid of ``grid`` cells per side spans the frame corner to corner:
+      ``cell = x / (size - 1) * (grid - 1)`` (``align_corners``), see :meth:`to_cells`.
+
+    Attributes:
+        width, height: size of the original image in pixels.
+        size: side of the stretched square.
+    """
+
+    width: int
+    height: int
+    size: int
+
+    def _factors(self, points: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([self.size / self.width, self.size / self.height],
+                            dtype=torch.float32, device=points.device)
+
+    def to_frame(self, points: torch.Tensor) -> torch.Tensor:
+        """Original pixels ``(..., 2)`` → stretched pixels ``(..., 2)`` (float32)."""
+        out = points.to(torch.float32).clone()
+        out[..., 0] *= self.size / self.width
+        out[..., 1] *= self.size / self.height
+        return out
+
+    def from_frame(self, points: torch.Tensor) -> torch.Tensor:
+        """Stretched pixels ``(..., 2)`` → original pixels ``(..., 2)`` (float32)."""
+        return points.to(torch.float32) / self._factors(points)
+
+    def box_to_frame(self, box: torch.Tensor) -> torch.Tensor:
+        """An ``x1, y1, x2, y2`` box ``(4,)`` → the stretched frame (float32)."""
+        return self.to_frame(box.to(torch.float32).reshape(2, 2)).reshape(4)
+
+    def clamp(self, points: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+        """Stretched points pushed inside ``[eps, size - 1 - eps]`` (SD4Match's
+        ``regularise_coordinates``: a coordinate at or beyond an edge is set to the margin)."""
+        out = points.clone()
+        low, high = torch.tensor(eps, dtype=out.dtype), torch.tensor(self.size - 1 - eps,
+                                                                     dtype=out.dtype)
+        out = torch.where(out <= 0, low, out)
+        return torch.where(out >= self.size - 1, high, out)
+
+    def apply(self, image: torch.Tensor, antialias: bool = True) -> torch.Tensor:
+        """Resize ``(B, C, H, W)`` (``H, W`` = original size) to ``(B, C, size, size)``
+        (bilinear; ``antialias`` like PIL's bilinear resize, else like a tensor resize)."""
+        if image.shape[-2:] != (self.height, self.width):
+            raise ValueError(
+                f"image is {tuple(image.shape[-2:])} (h, w), transform expects "
+                f"({self.height}, {self.width})"
+            )
+        return F.interpolate(image, size=(self.size, self.size), mode="bilinear",
+                             align_corners=False, antialias=antialias)
+
+    def to_cells(self, points: torch.Tensor, grid: int) -> torch.Tensor:
+        """Stretched pixels → feature cells of a ``grid``-cell map, corner to corner."""
+        return points / (self.size - 1) * (grid - 1)
+
+    def from_cells(self, cells: torch.Tensor, grid: int) -> torch.Tensor:
+        """Feature cells of a ``grid``-cell map → stretched pixels, corner to corner."""
+        return cells / (grid - 1) * (self.size - 1)
 
 
 def inside_image(points: torch.Tensor, width: int, height: int) -> torch.Tensor:

@@ -83,7 +83,7 @@ def test_the_preset_builds_the_official_evaluation_backbone(tiny: dict[str, Path
     preset = get_eval_preset("sd4match-pfwillow")
     args = argparse.Namespace(preset=preset.name, weights=str(tiny["sd"]),
                               head_weights=str(tiny["prompt"]), device="cpu",
-                              backbone="dense-sift")
+                              backbone=None)  # --backbone not given
     defaults = {k: None for k in preset.settings} | {"weights": None, "head_weights": None,
                                                      "device": None, "window": None}
     resolve_settings(args, defaults)

@@ -483,7 +483,7 @@ def _transfer_batch(
     """Votes of every source on a batch of target features ``(B, C, h, w)`` → consensus."""
     masks = torch.stack([t.valid_cells(features.device) for t in transforms])
     unit = F.normalize(features, dim=1)
-    chosen = [matcher.choose_poses(s.features, features, masks)[0] for s in sources]
+    chosen = [matcher.choose_poses(s.features, features)[0] for s in sources]
     pairs = zip(sources, chosen, strict=True)
     queries = torch.cat([s.descriptors.to(features.device)[c] for s, c in pairs],
                         dim=1)  # (B, S * N, C)

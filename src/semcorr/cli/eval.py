@@ -28,6 +28,10 @@ class _Unset:
 _UNSET = _Unset()
 #: Namespace entries that are not evaluation settings.
 _NOT_SETTINGS = {"help", "func", "job", "print_config", "preset"}
+#: Repeatable KEY=VALUE options: the preset's items come first, those given override them.
+_KEY_VALUE_LISTS = {"dataset_option", "backbone_option"}
+#: Heads whose evaluation without their learned weights would measure a random network.
+_LEARNED_HEADS = {"geoaware"}
 
 
 def parse_thresholds(text: str) -> list[float]:
@@ -88,6 +92,8 @@ def resolve_settings(args: argparse.Namespace, defaults: dict[str, Any]) -> dict
         value = getattr(args, dest, _UNSET)
         if not _given(value):
             value = preset_settings.get(dest, default)
+        elif dest in _KEY_VALUE_LISTS and preset_settings.get(dest):
+            value = [*preset_settings[dest], *value]  # KEY=VALUE given later win key by key
         settings[dest] = value
         setattr(args, dest, value)
     return settings
@@ -118,6 +124,9 @@ def _run(args: argparse.Namespace, defaults: dict[str, Any]) -> int:
     for dest, flag in (("dataset", "--dataset"), ("root", "--root")):
         if getattr(args, dest) is None:
             raise InputError(f"{flag} is required (or a --preset that sets it)")
+    if args.head in _LEARNED_HEADS and args.head_weights is None:
+        raise InputError(f"--head {args.head} needs its weights: --head-weights FILE (e.g. "
+                         "GeoAware-SC's best_856.PTH)")
     thresholds = parse_thresholds(args.thresholds)
     if args.save_examples < 0 or not 0 < args.examples_alpha < 1:
         raise InputError("--save-examples must be >= 0 and --examples-alpha between 0 and 1")
@@ -129,7 +138,7 @@ def _run(args: argparse.Namespace, defaults: dict[str, Any]) -> int:
     dataset = create_dataset(args.dataset, args.root, split=args.split, **options)
     backbone = backbone_from_args(args)
     matcher = Matcher(backbone, refine=refiner_from_args(args, backbone),
-                      pose_align=args.pose_align)
+                      pose_align=args.pose_align, pose_distance=args.pose_distance)
     out = args.out or f"semcorr-eval-{args.dataset}-{args.split}"
     results = evaluate(
         matcher,
@@ -153,6 +162,7 @@ def _run(args: argparse.Namespace, defaults: dict[str, Any]) -> int:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from semcorr.data import list_datasets
+    from semcorr.match.pose import POSE_DISTANCES
 
     parser = subparsers.add_parser(
         "eval",
@@ -165,9 +175,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dataset", default=None, choices=list_datasets(),
                         help="benchmark (required unless the preset sets it)")
     parser.add_argument("--root", default=None, help="the dataset folder, as downloaded")
-    parser.add_argument("--preset", default=None, choices=list_eval_presets() or None,
-                        help="a published evaluation, setting for setting; options given on "
-                        "the command line override it")
+    parser.add_argument("--preset", default=None, metavar="NAME",
+                        help="a published evaluation, setting for setting ("
+                        f"{', '.join(list_eval_presets()) or 'none registered'}); options "
+                        "given on the command line override it")
     parser.add_argument("--print-config", action="store_true",
                         help="print every setting (defaults < preset < options) and exit")
     parser.add_argument("--split", default="test", help="split (default: test)")
@@ -186,6 +197,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_backbone_options(parser)
     add_refine_options(parser)
+    parser.add_argument("--pose-distance", default="auto", choices=POSE_DISTANCES,
+                        help="instance matching distance of --pose-align: auto (the dataset's "
+                        "instance masks where a pair has them, else mutual nearest neighbours), "
+                        "mask (GeoAware-SC's default; masks required) or mutual-nn; "
+                        "results.json records which was used")
     parser.add_argument(
         "--thresholds",
         default="0.01,0.05,0.10,0.15",

@@ -96,6 +96,8 @@ def test_preset_is_the_official_config_key_for_key(name: str, capsys) -> None:
     assert CONFIGS[name] in shown["source"]
     label = "per keypoint" if name == "geoaware-zero-shot" else "per image"
     assert label in shown["headline"]
+    for value in shown["published"].values():
+        assert f"published {value}" in shown["headline"]
 
 
 def test_published_numbers_and_rules_come_from_the_training_presets() -> None:

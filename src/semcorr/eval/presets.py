@@ -142,13 +142,21 @@ def _published(training: str) -> tuple[tuple[str, float], ...]:
     return get_preset(training).published
 
 
+def _headline(training: str, label: str) -> str:
+    """``label`` followed by the published number(s) of the training preset ``training``."""
+    numbers = ", ".join(f"{value}" for _, value in _published(training))
+    return f"{label}: published {numbers}" if numbers else f"{label}: no published number " \
+        "recorded here"
+
+
 register_eval_preset(EvalPreset(
     "geoaware-spair",
     "GeoAware-SC supervised on SPair-71k: the released head (best_856.PTH) on the geoaware "
     "feature recipe, window soft-argmax radius 7, no adaptive flip",
     "Junyi42/GeoAware-SC configs/eval_spair.yaml (pck_train.py)",
     _geoaware_settings("spair", dataset="spair"),
-    headline="SPair-71k test PCK@0.10 per image (the config's own label: KPT_RESULT unset)",
+    headline=_headline("spair", "SPair-71k test PCK@0.10 per image (the config's own label: "
+                                "KPT_RESULT unset)"),
     published=_published("spair"),
 ))
 register_eval_preset(EvalPreset(
@@ -157,9 +165,9 @@ register_eval_preset(EvalPreset(
     "radius 5, adaptive flip with the instance-mask distance where masks exist",
     "Junyi42/GeoAware-SC configs/eval_zero_shot_spair.yaml (pck_train.py)",
     _geoaware_settings("zero-shot", dataset="spair", pose_distance="auto"),
-    headline="SPair-71k test PCK@0.10 per keypoint (the published number is the paper's "
-             "Tab. 2, this config with KPT_RESULT: true; as released the config logs per "
-             "image: semcorr reports both)",
+    headline=_headline("zero-shot", "SPair-71k test PCK@0.10 per keypoint (the paper's Tab. "
+                                    "2: this config with KPT_RESULT: true; as released it logs "
+                                    "per image, semcorr reports both)"),
     published=_published("zero-shot"),
 ))
 register_eval_preset(EvalPreset(
@@ -168,8 +176,8 @@ register_eval_preset(EvalPreset(
     "radius 7, no adaptive flip",
     "Junyi42/GeoAware-SC configs/eval_ap10k.yaml (pck_train.py)",
     _geoaware_settings("ap10k", dataset="ap10k", subset="intra-species"),
-    headline="AP-10k intra-species test PCK@0.10 per image (the config's own label); no "
-             "published number recorded here",
+    headline=_headline("ap10k", "AP-10k intra-species test PCK@0.10 per image (the config's "
+                                "own label)"),
     published=_published("ap10k"),
 ))
 register_eval_preset(EvalPreset(
@@ -179,8 +187,8 @@ register_eval_preset(EvalPreset(
     "Junyi42/GeoAware-SC configs/eval_pascal.yaml (pck_train.py)",
     _geoaware_settings("pfpascal", dataset="pf-pascal", dataset_option=["normalisation=image"],
                        thresholds="0.05,0.10,0.15"),
-    headline="PF-Pascal test PCK@0.10 per image (the config's own label); no published "
-             "number recorded here",
+    headline=_headline("pfpascal", "PF-Pascal test PCK@0.10 per image (the config's own "
+                                   "label)"),
     published=_published("pfpascal"),
 ))
 

@@ -437,8 +437,8 @@ def _prepare_source(matcher: Matcher, annotation: SourceAnnotation, perm: Sequen
     points[~annotation.labelled] = 0.0
     try:
         points = matcher.check_points(points, width, height)
-        permutation = matcher.check_permutation(perm if matcher.pose_align else None,
-                                                 points.shape[0])
+        permutation, _ = matcher.check_permutation(perm if matcher.pose_align else None,
+                                                    points.shape[0])
     except InputError as exc:
         raise InputError(f"{annotation.image}: {exc}") from None
     descriptors = matcher.query_descriptors(features, points, permutation)

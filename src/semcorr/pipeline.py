@@ -391,7 +391,8 @@ class Matcher:
             target_features: ``(B, C, h, w)``.
             target_masks: ``(B, S, S)`` instance masks of the targets on the pose grid (see
                 :func:`mask_to_grid`): the instance-mask distance, with the source's
-                ``instance_masks``; ``None``: mutual nearest neighbours over every cell.
+                ``instance_masks``; ``None``: mutual nearest neighbours over every cell (of
+                the native grid, or of ``pose_grid²`` when the native grid is finer).
 
         Returns:
             chosen: ``(B,)`` candidate index; distances: ``(K, B)``.
@@ -405,7 +406,8 @@ class Matcher:
         for k in range(len(source.poses)):
             posed = source.features[k : k + 1].expand(b, -1, -1, -1)
             if target_masks is None:
-                rows.append(mutual_nn_distance(posed, target_features))
+                rows.append(mutual_nn_distance(posed, target_features,
+                                               max_size=self.pose_grid))
             else:
                 mask = source.instance_masks[k : k + 1].expand(b, -1, -1)
                 rows.append(mask_distance(posed, target_features, mask, target_masks,

@@ -98,6 +98,13 @@ def _squared_distances(src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
     return (src_sq + tgt_sq - 2 * torch.bmm(src, tgt.transpose(1, 2))).clamp_min(0)
 
 
+def _bounded(grid: torch.Tensor, max_size: int | None) -> int | None:
+    """``max_size`` when ``grid`` ``(B, C, h, w)`` has more than ``max_size²`` cells, else
+    ``None`` (keep the native grid)."""
+    cells = grid.shape[-2] * grid.shape[-1]
+    return max_size if max_size is not None and cells > max_size**2 else None
+
+
 def _nearest_mask(mask: torch.Tensor, size: int) -> torch.Tensor:
     """Masks ``(B, H, W)`` → ``(B, size * size)`` boolean by nearest-neighbour resampling."""
     resized = F.interpolate(mask[:, None].float(), size=(size, size), mode="nearest")
@@ -147,6 +154,7 @@ def mutual_nn_distance(
     target: torch.Tensor,
     source_valid: torch.Tensor | None = None,
     target_valid: torch.Tensor | None = None,
+    max_size: int | None = None,
 ) -> torch.Tensor:
     """GeoAware-SC's instance matching distance without masks: the mean L2 distance of the
     mutual nearest neighbours between the L2-normalised feature cells, on the native grid.
@@ -156,16 +164,21 @@ def mutual_nn_distance(
         target: ``(B, C, h', w')`` features of the target.
         source_valid, target_valid: optional ``(B, h, w)`` / ``(B, h', w')`` cells to use
             (an extension: GeoAware-SC uses every cell, padding included).
+        max_size: a grid with more than ``max_size²`` cells is first resampled to
+            ``max_size x max_size`` like :func:`mask_distance`'s (a bound on the quadratic
+            cost; GeoAware-SC's 60² grid is below the default 64²).
 
     Returns:
         ``(B,)`` distances (``inf`` without any mutual pair).
     """
-    src, tgt = _unit_grid(source, None), _unit_grid(target, None)
+    src = _unit_grid(source, _bounded(source, max_size))
+    tgt = _unit_grid(target, _bounded(target, max_size))
     squared = _squared_distances(src, tgt)
-    if target_valid is not None:
-        squared = squared.masked_fill(~target_valid.flatten(1)[:, None, :], math.inf)
-    if source_valid is not None:
-        squared = squared.masked_fill(~source_valid.flatten(1)[:, :, None], math.inf)
+    for valid, dim in ((target_valid, 1), (source_valid, 2)):
+        if valid is not None:
+            size = _bounded(valid[:, None], max_size)
+            cells = valid.flatten(1) if size is None else _nearest_mask(valid, size)
+            squared = squared.masked_fill(~cells.unsqueeze(dim), math.inf)
     best, to_target = squared.min(dim=2)  # (B, P)
     to_source = squared.argmin(dim=1)  # (B, Q)
     rows = torch.arange(src.shape[1], device=src.device)
@@ -184,8 +197,8 @@ def instance_matching_distance(
     """How far the source instance's features are from the target's (lower = same pose).
 
     ``mutual=False``: :func:`mask_distance` inside the instance masks (required) on a
-    ``size x size`` grid. ``mutual=True``: :func:`mutual_nn_distance` on the native grid,
-    restricted to the cells the masks (``(B, h, w)``, optional) mark; ``size`` is unused.
+    ``size x size`` grid. ``mutual=True``: :func:`mutual_nn_distance` on the native grid (at
+    most ``size x size``), restricted to the cells the masks (``(B, h, w)``, optional) mark.
 
     Returns:
         ``(B,)`` distances.
@@ -194,4 +207,4 @@ def instance_matching_distance(
         if source_mask is None or target_mask is None:
             raise InputError("the instance-mask distance needs a source and a target mask")
         return mask_distance(source, target, source_mask, target_mask, size)
-    return mutual_nn_distance(source, target, source_mask, target_mask)
+    return mutual_nn_distance(source, target, source_mask, target_mask, max_size=size)

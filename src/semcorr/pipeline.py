@@ -7,6 +7,7 @@ targets in batches: features → (pose choice) → similarity → refinement →
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -19,9 +20,13 @@ from semcorr.features.base import Backbone
 from semcorr.geometry import ResizePad, inside_image
 from semcorr.match.pose import (
     FLIPPING_POSES,
+    NO_PARTNER,
+    PARTNER_UNSEEN,
+    POSE_DISTANCES,
     apply_pose,
     check_poses,
-    instance_matching_distance,
+    mask_distance,
+    mutual_nn_distance,
     pose_points,
 )
 from semcorr.match.refine import Refiner, refiner_with_options
@@ -39,12 +44,14 @@ class MatchResult:
         scores: ``(N,)`` confidence (best cosine similarity, in [-1, 1]).
         pose: the pose candidate of the source that was used.
         pose_distances: instance matching distance of each candidate (empty without alignment).
+        pose_metric: the distance used: ``mask`` or ``mutual-nn`` (``""`` without alignment).
     """
 
     points: torch.Tensor
     scores: torch.Tensor
     pose: str
     pose_distances: dict[str, float]
+    pose_metric: str = ""
 
 
 @dataclass
@@ -56,8 +63,8 @@ class SourceFeatures:
         features: ``(K, C, h, w)``.
         transforms: one :class:`ResizePad` per candidate.
         width, height: the original source size.
-        instance_masks: optional ``(K, h, w)`` instance masks of the object on the grid of each
-            candidate (from :meth:`Matcher.source_features` with a ``mask``).
+        instance_masks: optional ``(K, S, S)`` instance masks of the object in each candidate,
+            on the pose grid (from :meth:`Matcher.source_features` with a ``mask``).
     """
 
     poses: tuple[str, ...]
@@ -86,11 +93,13 @@ class TargetFeatures:
     transform: ResizePad
 
 
-def mask_to_grid(mask: torch.Tensor, transform: ResizePad, grid: tuple[int, int]) -> torch.Tensor:
-    """An instance mask in original pixels ``(H, W)`` → the feature grid ``(h, w)`` (boolean).
+def mask_to_grid(mask: torch.Tensor, transform: ResizePad, size: int) -> torch.Tensor:
+    """An instance mask in original pixels ``(H, W)`` → ``(size, size)`` booleans.
 
-    The mask is resized and padded like the image, then a cell is on the object when more than
-    half of it is.
+    The mask is resized (nearest neighbour) and zero-padded into the square frame of
+    ``transform`` like its image, then resampled to ``size x size`` by nearest neighbour: in
+    GeoAware-SC the mask lives in the square frame and is resampled to the 64² grid of the
+    instance matching distance this way.
     """
     check_shape(mask, "H W", "instance mask")
     if tuple(mask.shape) != (transform.height, transform.width):
@@ -98,8 +107,11 @@ def mask_to_grid(mask: torch.Tensor, transform: ResizePad, grid: tuple[int, int]
             f"instance mask is {tuple(mask.shape)} (h, w), its image is "
             f"({transform.height}, {transform.width})"
         )
-    square = transform.apply(mask.to(torch.float32)[None, None])
-    return F.interpolate(square, size=grid, mode="area")[0, 0] > 0.5
+    w, h = transform.resized
+    left, top = transform.pad
+    resized = F.interpolate(mask.to(torch.float32)[None, None], size=(h, w), mode="nearest")
+    square = F.pad(resized, (left, transform.size - w - left, top, transform.size - h - top))
+    return F.interpolate(square, size=(size, size), mode="nearest")[0, 0] > 0.5
 
 
 class Matcher:
@@ -112,9 +124,13 @@ class Matcher:
         window: window radius in feature cells for ``window`` (default 3).
         temperature: softmax temperature for the soft rules (default: the rule's).
         pose_align: choose among ``poses`` per target by instance matching distance.
-        poses: pose candidates tried when ``pose_align`` (``identity`` always included).
+        poses: pose candidates tried when ``pose_align`` (``identity`` always included; the
+            quarter turns are an extension of GeoAware-SC, which tries the flip only).
         batch_size: targets per forward pass.
-        pose_grid: side of the grid the instance matching distance is computed on.
+        pose_grid: side of the grid the instance-mask distance is computed on.
+        pose_distance: ``auto`` (the instance-mask distance where the source and every target
+            of a batch have masks, else mutual nearest neighbours), ``mask`` (masks required)
+            or ``mutual-nn`` (see :mod:`semcorr.match.pose`).
 
     Example:
         >>> matcher = Matcher(create_backbone("dense-sift"), refine="window")
@@ -131,6 +147,7 @@ class Matcher:
         poses: Sequence[str] = ("identity", "hflip"),
         batch_size: int = 8,
         pose_grid: int = 64,
+        pose_distance: str = "auto",
     ) -> None:
         self.backbone = backbone.eval()
         self.refiner = refine if isinstance(refine, Refiner) else refiner_with_options(
@@ -142,6 +159,10 @@ class Matcher:
             raise InputError("batch_size must be at least 1")
         self.batch_size = batch_size
         self.pose_grid = pose_grid
+        if pose_distance not in POSE_DISTANCES:
+            raise InputError(f"pose distance must be one of {', '.join(POSE_DISTANCES)}, not "
+                             f"{pose_distance!r}")
+        self.pose_distance = pose_distance
 
     def conditioned(
         self,
@@ -178,15 +199,18 @@ class Matcher:
         check_shape(image, "3 H W", "source image")
         posed = [apply_pose(image, pose) for pose in self.poses]
         features, transforms = self.backbone.extract(posed)
-        instance = None
-        if mask is not None:
-            grid = (features.shape[-2], features.shape[-1])
-            instance = torch.stack([
-                mask_to_grid(apply_pose(mask.cpu(), pose), t, grid)
-                for pose, t in zip(self.poses, transforms, strict=True)
-            ]).to(features.device)
-        return SourceFeatures(self.poses, features, transforms, image.shape[-1], image.shape[-2],
-                              instance)
+        source = SourceFeatures(self.poses, features, transforms, image.shape[-1],
+                                image.shape[-2])
+        return source if mask is None else self.with_mask(source, mask)
+
+    def with_mask(self, source: SourceFeatures, mask: torch.Tensor) -> SourceFeatures:
+        """``source`` with the instance masks of ``mask`` ``(H, W)`` (original pixels) in
+        every candidate, on the pose grid."""
+        instance = torch.stack([
+            mask_to_grid(apply_pose(mask.cpu(), pose), t, self.pose_grid)
+            for pose, t in zip(source.poses, source.transforms, strict=True)
+        ]).to(source.features.device)
+        return dataclasses.replace(source, instance_masks=instance)
 
     def query_descriptors(
         self,
@@ -194,7 +218,8 @@ class Matcher:
         points: torch.Tensor,
         flip_permutation: torch.Tensor | None,
     ) -> torch.Tensor:
-        """Descriptors ``(K, N, C)`` of the points in every candidate's frame."""
+        """Descriptors ``(K, N, C)`` of the points in every candidate's frame (a flipped
+        candidate queries each point at its partner's mirror)."""
         rows = []
         for k, pose in enumerate(source.poses):
             query = points
@@ -224,14 +249,19 @@ class Matcher:
         return points
 
     @staticmethod
-    def check_permutation(perm: Sequence[int] | None, n: int) -> torch.Tensor | None:
-        """A left/right partner index per point as ``(N,)`` long (``-1`` → the point itself)."""
+    def check_permutation(perm: Sequence[int] | None, n: int
+                          ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The partner codes of :meth:`match` → the row each point is queried at in a flipped
+        candidate ``(N,)`` (``None`` without codes) and whether a flipped candidate may replace
+        the point's identity prediction ``(N,)`` bool."""
         if perm is None:
-            return None
+            return None, torch.ones(n, dtype=torch.bool)
         perm_t = torch.as_tensor(list(perm), dtype=torch.long)
-        if perm_t.shape != (n,) or (perm_t >= n).any():
-            raise InputError(f"flip_permutation must hold {n} indices below {n} (-1 = none)")
-        return torch.where(perm_t < 0, torch.arange(n), perm_t)
+        if perm_t.shape != (n,) or (perm_t >= n).any() or (perm_t < PARTNER_UNSEEN).any():
+            raise InputError(f"flip_permutation must hold {n} indices below {n} "
+                             f"({NO_PARTNER} = no partner, {PARTNER_UNSEEN} = partner not "
+                             "among the points)")
+        return torch.where(perm_t < 0, torch.arange(n), perm_t), perm_t != PARTNER_UNSEEN
 
     @torch.inference_mode()
     def match(
@@ -252,15 +282,18 @@ class Matcher:
             target_images: iterable of ``(3, H_i, W_i)`` images (streamed in batches), or of
                 :class:`TargetFeatures` from :meth:`target_features`.
             source_points: ``(N, 2)`` (x, y) in source pixels.
-            flip_permutation: optional ``(N,)`` left/right partner index of each point (``-1``
-                for none), used for flipped pose candidates.
+            flip_permutation: optional ``(N,)`` left/right partner row of each point, used by
+                flipped pose candidates: ``-1`` (:data:`~semcorr.match.pose.NO_PARTNER`) for a
+                point on the symmetry axis, ``-2``
+                (:data:`~semcorr.match.pose.PARTNER_UNSEEN`) for a point whose partner is not
+                among the points. As in GeoAware-SC, a chosen flip replaces the identity
+                prediction of every point but the ``-2`` ones; without codes, of every point.
             progress: called with the number of targets done after each batch.
-            source_mask: optional ``(H, W)`` boolean instance mask of the source object (ignored
-                when ``source_image`` is already :class:`SourceFeatures`).
+            source_mask: optional ``(H, W)`` boolean instance mask of the source object.
             target_masks: optional instance masks ``(H_i, W_i)`` (or ``None``), one per target.
-                Pose alignment uses the masked instance matching distance for a batch of
-                targets when the source and every target of the batch have masks, else the
-                mutual-nearest-neighbour distance on the image content.
+                Pose alignment uses the instance-mask distance for a batch of targets when the
+                source and every target of the batch have masks (and ``pose_distance`` is not
+                ``mutual-nn``), else the mutual-nearest-neighbour distance.
             category: the object's category, for a backbone whose features depend on it
                 (e.g. an SD4Match class prompt); ignored by the others.
 
@@ -284,13 +317,14 @@ class Matcher:
             return self._match_pairwise(source_image, target_images, source_points,
                                         flip_permutation, progress, source_mask, target_masks,
                                         category)
-        source = (
-            source_image
-            if isinstance(source_image, SourceFeatures)
-            else self.source_features(source_image, source_mask)
-        )
+        if not isinstance(source_image, SourceFeatures):
+            source = self.source_features(source_image, source_mask)
+        elif source_mask is not None and self.pose_align:
+            source = self.with_mask(source_image, source_mask)
+        else:
+            source = source_image
         points = self.check_points(source_points, source.width, source.height)
-        perm = self.check_permutation(flip_permutation, points.shape[0])
+        perm, flip_keep = self.check_permutation(flip_permutation, points.shape[0])
         descriptors = self.query_descriptors(source, points, perm)  # (K, N, C)
         masks = list(target_masks) if target_masks is not None else None
         results: list[MatchResult] = []
@@ -300,13 +334,13 @@ class Matcher:
                 check_shape(image, "3 H W", "target image")
             batch.append(image)
             if len(batch) == self.batch_size:
-                results.extend(self._match_batch(source, descriptors, batch,
+                results.extend(self._match_batch(source, descriptors, flip_keep, batch,
                                                  _slice(masks, len(results), len(batch))))
                 batch = []
                 if progress is not None:
                     progress(self.batch_size)
         if batch:
-            results.extend(self._match_batch(source, descriptors, batch,
+            results.extend(self._match_batch(source, descriptors, flip_keep, batch,
                                              _slice(masks, len(results), len(batch))))
             if progress is not None:
                 progress(len(batch))
@@ -347,17 +381,18 @@ class Matcher:
         self,
         source: SourceFeatures,
         target_features: torch.Tensor,
-        target_masks: torch.Tensor,
-        instance: bool = False,
+        target_masks: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pick a candidate per target.
+        """Pick a candidate per target: the lowest instance matching distance, identity on a
+        tie (a flip must be strictly closer, as in GeoAware-SC).
 
         Args:
             source: the source's candidate features.
             target_features: ``(B, C, h, w)``.
-            target_masks: ``(B, h, w)`` content masks, or instance masks when ``instance``.
-            instance: use the source's instance masks and the one-way nearest-neighbour
-                distance inside the masks (else mutual nearest neighbours on content masks).
+            target_masks: ``(B, S, S)`` instance masks of the targets on the pose grid (see
+                :func:`mask_to_grid`): the instance-mask distance, with the source's
+                ``instance_masks``; ``None``: mutual nearest neighbours over every cell (of
+                the native grid, or of ``pose_grid²`` when the native grid is finer).
 
         Returns:
             chosen: ``(B,)`` candidate index; distances: ``(K, B)``.
@@ -365,21 +400,19 @@ class Matcher:
         b = target_features.shape[0]
         if len(source.poses) == 1:
             return target_features.new_zeros(b, dtype=torch.long), target_features.new_zeros(1, b)
-        use_instance = instance and source.instance_masks is not None
-        source_masks = source.instance_masks if use_instance else source.valid_masks()
-        distances = torch.stack(
-            [
-                instance_matching_distance(
-                    source.features[k : k + 1].expand(b, -1, -1, -1),
-                    target_features,
-                    source_masks[k : k + 1].expand(b, -1, -1),
-                    target_masks,
-                    size=self.pose_grid,
-                    mutual=not use_instance,
-                )
-                for k in range(len(source.poses))
-            ]
-        )
+        if target_masks is not None and source.instance_masks is None:
+            raise InputError("the instance-mask distance needs the source's mask too")
+        rows = []
+        for k in range(len(source.poses)):
+            posed = source.features[k : k + 1].expand(b, -1, -1, -1)
+            if target_masks is None:
+                rows.append(mutual_nn_distance(posed, target_features,
+                                               max_size=self.pose_grid))
+            else:
+                mask = source.instance_masks[k : k + 1].expand(b, -1, -1)
+                rows.append(mask_distance(posed, target_features, mask, target_masks,
+                                          size=self.pose_grid))
+        distances = torch.stack(rows)
         return distances.argmin(dim=0), distances
 
     @torch.inference_mode()
@@ -405,27 +438,22 @@ class Matcher:
         self,
         source: SourceFeatures,
         descriptors: torch.Tensor,
+        flip_keep: torch.Tensor,
         images: list[torch.Tensor | TargetFeatures],
         instance_masks: list[torch.Tensor | None] | None = None,
     ) -> list[MatchResult]:
         features, transforms = self._target_batch(images)
         masks = torch.stack([t.valid_cells(features.device) for t in transforms])  # (B, h, w)
-        use_instance = (
-            self.pose_align
-            and source.instance_masks is not None
-            and instance_masks is not None
-            and all(m is not None for m in instance_masks)
-        )
-        if use_instance:
-            grid = (features.shape[-2], features.shape[-1])
+        metric = self._pose_metric(source, instance_masks) if self.pose_align else ""
+        pose_masks = None
+        if metric == "mask":
             pose_masks = torch.stack([
-                mask_to_grid(m.cpu(), t, grid) for m, t in zip(instance_masks, transforms,
-                                                               strict=True)
+                mask_to_grid(m.cpu(), t, self.pose_grid)
+                for m, t in zip(instance_masks or [], transforms, strict=True)
             ]).to(features.device)
-        else:
-            pose_masks = masks
-        chosen, distances = self.choose_poses(source, features, pose_masks, use_instance)
-        queries = descriptors.to(features.device)[chosen]  # (B, N, C)
+        chosen, distances = self.choose_poses(source, features, pose_masks)
+        queries = self._merged_queries(source.poses, descriptors.to(features.device), chosen,
+                                       flip_keep.to(features.device))
         if queries.shape[1] == 0:
             cells = features.new_zeros(len(images), 0, 2)
             scores = features.new_zeros(len(images), 0)
@@ -445,9 +473,31 @@ class Matcher:
                         if self.pose_align
                         else {}
                     ),
+                    pose_metric=metric,
                 )
             )
         return results
+
+    def _pose_metric(self, source: SourceFeatures,
+                     target_masks: list[torch.Tensor | None] | None) -> str:
+        """``mask`` or ``mutual-nn``: the distance a batch of targets is aligned with."""
+        have_masks = (source.instance_masks is not None and target_masks is not None
+                      and all(m is not None for m in target_masks))
+        if self.pose_distance == "mutual-nn" or (self.pose_distance == "auto" and not have_masks):
+            return "mutual-nn"
+        if not have_masks:
+            raise InputError("pose distance 'mask' needs an instance mask of the source and "
+                             "of every target")
+        return "mask"
+
+    @staticmethod
+    def _merged_queries(poses: Sequence[str], descriptors: torch.Tensor, chosen: torch.Tensor,
+                        flip_keep: torch.Tensor) -> torch.Tensor:
+        """Query descriptors ``(B, N, C)`` per target: the chosen candidate's, except that a
+        flipped candidate keeps the identity descriptor of a point it may not replace."""
+        flipping = torch.tensor([p in FLIPPING_POSES for p in poses], device=chosen.device)
+        identity = flipping[chosen][:, None] & ~flip_keep[None, :]  # (B, N)
+        return torch.where(identity[..., None], descriptors[0][None], descriptors[chosen])
 
 
 def _slice(masks: list[torch.Tensor | None] | None, start: int, count: int

@@ -114,10 +114,10 @@ def test_mask_to_grid_follows_resize_pad():
     from semcorr.geometry import ResizePad
 
     t = ResizePad(80, 40, 64, 8)  # content rows 16..47 of the 64 square
-    grid = mask_to_grid(torch.ones(40, 80, dtype=torch.bool), t, (8, 8))
+    grid = mask_to_grid(torch.ones(40, 80, dtype=torch.bool), t, 8)
     assert grid[2:6].all() and not grid[:2].any() and not grid[6:].any()
     with pytest.raises(InputError, match="instance mask"):
-        mask_to_grid(torch.ones(3, 3, dtype=torch.bool), t, (8, 8))
+        mask_to_grid(torch.ones(3, 3, dtype=torch.bool), t, 8)
 
 
 def test_sam_box_mask_through_a_saved_tiny_model(tmp_path):

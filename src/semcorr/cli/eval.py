@@ -29,6 +29,10 @@ class _Unset:
 _UNSET = _Unset()
 #: Namespace entries that are not evaluation settings.
 _NOT_SETTINGS = {"help", "func", "job", "print_config", "preset"}
+#: Repeatable KEY=VALUE options: the preset's items come first, those given override them.
+_KEY_VALUE_LISTS = {"dataset_option", "backbone_option"}
+#: Heads whose evaluation without their learned weights would measure a random network.
+_LEARNED_HEADS = {"geoaware"}
 
 
 def parse_thresholds(text: str) -> list[float]:
@@ -89,8 +93,8 @@ def resolve_settings(args: argparse.Namespace, defaults: dict[str, Any]) -> dict
         value = getattr(args, dest, _UNSET)
         if not _given(value):
             value = preset_settings.get(dest, default)
-        elif isinstance(value, list) and isinstance(preset_settings.get(dest), (list, tuple)):
-            value = [*preset_settings[dest], *value]  # repeatable KEY=VALUE: the given win
+        elif dest in _KEY_VALUE_LISTS and preset_settings.get(dest):
+            value = [*preset_settings[dest], *value]  # KEY=VALUE given later win key by key
         settings[dest] = value
         setattr(args, dest, value)
     return settings
@@ -136,6 +140,9 @@ def _run(args: argparse.Namespace, defaults: dict[str, Any]) -> int:
     for dest, flag in (("dataset", "--dataset"), ("root", "--root")):
         if getattr(args, dest) is None:
             raise InputError(f"{flag} is required (or a --preset that sets it)")
+    if args.head in _LEARNED_HEADS and args.head_weights is None:
+        raise InputError(f"--head {args.head} needs its weights: --head-weights FILE (e.g. "
+                         "GeoAware-SC's best_856.PTH)")
     thresholds = parse_thresholds(args.thresholds) if args.thresholds else None
     if args.save_examples < 0 or not 0 < args.examples_alpha < 1:
         raise InputError("--save-examples must be >= 0 and --examples-alpha between 0 and 1")
@@ -147,7 +154,7 @@ def _run(args: argparse.Namespace, defaults: dict[str, Any]) -> int:
     dataset = create_dataset(args.dataset, args.root, split=args.split, **options)
     backbone = backbone_from_args(args)
     matcher = Matcher(backbone, refine=refiner_from_args(args, backbone),
-                      pose_align=args.pose_align)
+                      pose_align=args.pose_align, pose_distance=args.pose_distance)
     out = args.out or f"semcorr-eval-{args.dataset}-{args.split}"
     check_output_dir(out)
     results = evaluate(
@@ -173,6 +180,7 @@ def _run(args: argparse.Namespace, defaults: dict[str, Any]) -> int:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from semcorr.data import list_datasets
+    from semcorr.match.pose import POSE_DISTANCES
 
     parser = subparsers.add_parser(
         "eval",
@@ -186,8 +194,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="benchmark (required unless the preset sets it)")
     parser.add_argument("--root", default=None, help="the dataset folder, as downloaded")
     parser.add_argument("--preset", default=None, metavar="NAME",
-                        help="a published evaluation, setting for setting; options given on "
-                        f"the command line override it ({', '.join(list_eval_presets())})")
+                        help="a published evaluation, setting for setting ("
+                        f"{', '.join(list_eval_presets()) or 'none registered'}); options "
+                        "given on the command line override it")
     parser.add_argument("--print-config", action="store_true",
                         help="print every setting (defaults < preset < options) and exit")
     parser.add_argument("--split", default="test", help="split (default: test)")
@@ -213,6 +222,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="how PCK is measured: geoaware, pf, sd4match (stretched 768 frame, "
                         "<=) or foundation-finetune (<= box or image, mean ± std); default by "
                         f"dataset: {defaults_text}")
+    parser.add_argument("--pose-distance", default="auto", choices=POSE_DISTANCES,
+                        help="instance matching distance of --pose-align: auto (the dataset's "
+                        "instance masks where a pair has them, else mutual nearest neighbours), "
+                        "mask (GeoAware-SC's default; masks required) or mutual-nn; "
+                        "results.json records which was used")
     parser.add_argument(
         "--thresholds",
         default=None,

@@ -57,6 +57,8 @@ class PairSample:
         target_visible: ``(N,)`` bool, annotated in the target (``visible`` when ``None``).
         symmetry_groups: ``(N,)`` long, id of the keypoint's symmetry group as defined by
             GeoAware-SC (``-1`` = none); used for the geometry-aware subset.
+        source_mask_path, target_mask_path: instance masks of the objects (any non-zero pixel
+            is on the object), when the dataset has them; used by pose alignment.
     """
 
     source_path: Path
@@ -76,6 +78,8 @@ class PairSample:
     extra: dict[str, Any] = field(default_factory=dict)
     target_visible: torch.Tensor | None = None
     symmetry_groups: torch.Tensor | None = None
+    source_mask_path: Path | None = None
+    target_mask_path: Path | None = None
 
     @property
     def num_keypoints(self) -> int:

@@ -6,7 +6,7 @@
     ROOT/ImageAnnotation/<category>/<name>.json     kps {"0": [x, y] | null, ...}, bndbox, ...
     ROOT/PairAnnotation/{trn,val,test}/<id>-<src>-<trg>:<category>.json
     ROOT/Layout/{large,small}/{trn,val,test}.txt   one pair file name per line, no ".json"
-    ROOT/Segmentation/<category>/<name>.png         (optional, unused here)
+    ROOT/Segmentation/<category>/<name>.png         (optional: instance masks for pose alignment)
 
 Each sample carries every keypoint id of its category; ``visible`` marks those annotated in both
 images (read from the image annotations, as GeoAware-SC does). PCK uses α times the larger side
@@ -229,6 +229,10 @@ class SPair71k(PairDataset):
         image = self.root / "JPEGImages" / category / filename
         return image, self.root / "ImageAnnotation" / category / f"{Path(filename).stem}.json"
 
+    def _mask(self, category: str, filename: str) -> Path | None:
+        path = self.root / "Segmentation" / category / f"{Path(filename).stem}.png"
+        return path if path.is_file() else None
+
     def image_paths(self) -> list[Path]:
         paths: set[Path] = set()
         for name in self._names:  # "<id>-<src>-<trg>:<category>"
@@ -276,6 +280,8 @@ class SPair71k(PairDataset):
             extra=extra,
             target_visible=trg_vis,
             symmetry_groups=group_ids_from_groups(k, SPAIR_SYMMETRY_GROUPS.get(category, ())),
+            source_mask_path=self._mask(category, src_image.name),
+            target_mask_path=self._mask(category, trg_image.name),
         )
 
 

@@ -37,7 +37,9 @@ from semcorr.errors import ImageError, InputError
 from semcorr.eval.pck import PCKAccumulator, PCKStatistics, format_threshold
 from semcorr.eval.protocols import PCKProtocol, StretchedPair, default_protocol, get_protocol
 from semcorr.io import atomic_write_bytes, atomic_write_json, load_image
+from semcorr.match.pose import NO_PARTNER, PARTNER_UNSEEN
 from semcorr.pipeline import Matcher, SourceFeatures, TargetFeatures
+from semcorr.postprocess.masks import load_mask
 
 __all__ = [
     "CURVE_ALPHAS",
@@ -138,6 +140,7 @@ def describe_matcher(matcher: Matcher) -> dict[str, Any]:
         "refine_options": _public_options(matcher.refiner),
         "pose_align": matcher.pose_align,
         "poses": list(matcher.poses),
+        "pose_distance": matcher.pose_distance if matcher.pose_align else None,
     }
 
 
@@ -262,20 +265,38 @@ def _predict(
     if stretched is not None:
         points = stretched.to_matcher(stretched.points(sample.source_points[rows],
                                                        stretched.source))
+        source_mask = target_mask = None  # masks live in the original frame, not the stretched
     else:
         points = sample.source_points[rows].float()
         points = torch.stack(  # annotations a hair outside the image are pulled onto its border
             [points[:, 0].clamp(0, source.width - 1), points[:, 1].clamp(0, source.height - 1)],
             dim=1)
-    # partners among the visible rows only
-    new_index = torch.full((sample.num_keypoints,), -1, dtype=torch.long)
-    new_index[rows] = torch.arange(rows.numel())
-    partner = sample.flip_permutation[rows]
-    perm = torch.where(partner >= 0, new_index[partner.clamp_min(0)], partner)
-    result = view.match(source, [target], points, flip_permutation=perm.tolist())[0]
+        source_mask, target_mask = _pair_masks(view, sample)
+    result = view.match(source, [target], points, flip_permutation=_partners(sample, rows),
+                        source_mask=source_mask, target_masks=[target_mask])[0]
     pred = result.points if stretched is None else stretched.from_matcher(result.points)
     record.update(pred=pred.tolist(), scores=result.scores.tolist(), pose=result.pose)
+    if result.pose_metric:
+        record["pose_distance"] = result.pose_metric
     return record
+
+def _partners(sample: PairSample, rows: torch.Tensor) -> list[int]:
+    """Flip partner codes of the visible ``rows`` (see :meth:`Matcher.match`): the partner's
+    position among the rows, ``NO_PARTNER``, or ``PARTNER_UNSEEN`` when the partner is not
+    visible in both images (GeoAware-SC then keeps the identity prediction)."""
+    new_index = torch.full((sample.num_keypoints,), PARTNER_UNSEEN, dtype=torch.long)
+    new_index[rows] = torch.arange(rows.numel())
+    partner = sample.flip_permutation[rows]
+    return torch.where(partner >= 0, new_index[partner.clamp_min(0)], NO_PARTNER).tolist()
+
+
+def _pair_masks(matcher: Matcher, sample: PairSample
+                ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The pair's instance masks when pose alignment may use them (both files exist)."""
+    paths = (sample.source_mask_path, sample.target_mask_path)
+    if not matcher.pose_align or matcher.pose_distance == "mutual-nn" or None in paths:
+        return None, None
+    return (load_mask(paths[0], sample.source_size), load_mask(paths[1], sample.target_size))
 
 
 def export_predictions(
@@ -372,10 +393,12 @@ def compute_metrics(
             (:class:`~semcorr.eval.pck.PCKStatistics`).
 
     Returns:
-        The accumulator's summary plus ``pairs``, ``skipped``, ``skipped_pairs`` and
-        ``curve`` (``alpha``, ``per_image``, ``per_keypoint`` over :data:`CURVE_ALPHAS`) and
-        ``breakdowns`` (:class:`~semcorr.analysis.breakdowns.BreakdownAccumulator`: by
-        difficulty, category, keypoint id, geometry-aware vs the rest; mean and std).
+        The accumulator's summary plus ``pairs``, ``skipped``, ``skipped_pairs``,
+        ``pose_alignment`` (``distance_used``: pairs aligned with each instance matching
+        distance, ``mask`` or ``mutual-nn``), ``curve`` (``alpha``, ``per_image``,
+        ``per_keypoint`` over :data:`CURVE_ALPHAS`) and ``breakdowns``
+        (:class:`~semcorr.analysis.breakdowns.BreakdownAccumulator`: by difficulty, category,
+        keypoint id, geometry-aware vs the rest; mean and std).
     """
     from semcorr.analysis.breakdowns import BreakdownAccumulator
 
@@ -389,6 +412,7 @@ def compute_metrics(
     seen: set[str] = set()
     skipped: list[dict[str, str]] = []
     pairs = 0
+    pose_distances: dict[str, int] = {}
     for record in read_predictions(predictions):
         pair_id = record.get("pair_id")
         if pair_id in seen or (pair_ids is not None and pair_id not in pair_ids):
@@ -398,6 +422,9 @@ def compute_metrics(
             skipped.append({"pair_id": pair_id, "reason": record["skipped"]})
             continue
         pairs += 1
+        if "pose_distance" in record:
+            metric = record["pose_distance"]
+            pose_distances[metric] = pose_distances.get(metric, 0) + 1
         pred = torch.tensor(record["pred"], dtype=torch.float64).reshape(-1, 2)
         gt = torch.tensor(record["gt"], dtype=torch.float64).reshape(-1, 2)
         correct = protocol.correct(pred, gt, float(record["reference"]), alphas)
@@ -434,6 +461,7 @@ def compute_metrics(
         "curve": curve,
         "breakdowns": breakdowns.summary(),
         **({"statistics": statistics.summary()} if statistics is not None else {}),
+        "pose_alignment": {"distance_used": dict(sorted(pose_distances.items()))},
     }
 
 

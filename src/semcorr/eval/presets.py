@@ -20,6 +20,7 @@ from typing import Any
 from semcorr.errors import UnknownNameError
 
 __all__ = [
+    "GEOAWARE_CONFIG_KEYS",
     "EvalPreset",
     "get_eval_preset",
     "list_eval_presets",
@@ -81,6 +82,116 @@ def list_eval_presets() -> list[str]:
 
 
 # --- GeoAware-SC (Junyi42/GeoAware-SC, configs/eval_*.yaml) -----------------------------------
+
+#: Every key of GeoAware-SC's evaluation configs (and the ``pck_train.py`` defaults they rely
+#: on) and what it is in ``semcorr eval``: the option it sets, or why no option does.
+GEOAWARE_CONFIG_KEYS: dict[str, str] = {
+    "EVAL_DATASET": "--dataset (spair, ap10k; pascal is pf-pascal)",
+    "AP10K_EVAL_SUBSET": "--subset",
+    "LOAD": "--head-weights (give the file: the configs name results_spair/best_856.PTH or "
+            "a placeholder)",
+    "DUMMY_NET": "--head geoaware-zero-shot (no learned head: SD and DINO parts normalised "
+                 "separately, concatenated, normalised again); unset: --head geoaware",
+    "SOFT_EVAL": "--refine window with --temperature 0.02 (the fixed beta of its soft-argmax)",
+    "SOFT_EVAL_WINDOW": "--window (pck_train.py's default: 7)",
+    "ADAPT_FLIP": "--pose-align (identity and horizontal flip; unset: no alignment)",
+    "MUTUAL_NN": "--pose-distance mutual-nn; unset: the instance-mask distance (semcorr: "
+                 "--pose-distance auto, which falls back to mutual-nn where a pair has no "
+                 "masks and records which one was used)",
+    "KPT_RESULT": "no option: semcorr reports per image and per keypoint; unset means the "
+                  "config's own number is per image",
+    "COMPUTE_GEOAWARE_METRICS": "no option: the geometry-aware subset is always reported",
+    "TEST_SAMPLE": "no option: 0 = every test pair, semcorr's default (no --limit)",
+    "DO_EVAL": "no option: `semcorr eval` is the evaluation",
+    "NOTE": "no option: the experiment's name (choose --out)",
+    "IMG_THRESHOLD": "--dataset-option normalisation: unset = target bbox (SPair-71k, AP-10k); "
+                     "PF-Pascal always uses the image (the code forces it), pf-pascal's default",
+    "alpha": "--thresholds: 0.01, 0.05, 0.10 (PF-Pascal 0.05, 0.10, 0.15), hard-coded in "
+             "compute_pck",
+    "ANNO_SIZE": "no option: 840, the square frame keypoints and predictions live in; semcorr "
+                 "works in original pixels (PCK is scale-free: the frames differ by rounding "
+                 "and by a half-pixel convention)",
+    "TOTAL_SAVE_RESULT": "--save-examples (pictures only; 0 in the configs)",
+}
+
+
+def _geoaware_settings(training: str, **settings: Any) -> dict[str, Any]:
+    """``semcorr eval`` settings of a GeoAware-SC evaluation: the matching rule and the pose
+    alignment are those of the training preset ``training`` (one source of these numbers,
+    :data:`semcorr.postprocess.geoaware.PRESETS`)."""
+    from semcorr.postprocess.geoaware import get_preset
+
+    train = get_preset(training)
+    return {
+        "split": "test",
+        "backbone": "sd+dino",
+        "backbone_option": ["recipe=geoaware"],
+        "head": train.head,
+        "refine": "window",
+        "window": train.window,
+        "temperature": train.temperature,
+        "pose_align": train.pose_align,
+        "thresholds": "0.01,0.05,0.10",
+        **settings,
+    }
+
+
+def _published(training: str) -> tuple[tuple[str, float], ...]:
+    from semcorr.postprocess.geoaware import get_preset
+
+    return get_preset(training).published
+
+
+def _headline(training: str, label: str) -> str:
+    """``label`` followed by the published number(s) of the training preset ``training``."""
+    numbers = ", ".join(f"{value}" for _, value in _published(training))
+    return f"{label}: published {numbers}" if numbers else f"{label}: no published number " \
+        "recorded here"
+
+
+register_eval_preset(EvalPreset(
+    "geoaware-spair",
+    "GeoAware-SC supervised on SPair-71k: the released head (best_856.PTH) on the geoaware "
+    "feature recipe, window soft-argmax radius 7, no adaptive flip",
+    "Junyi42/GeoAware-SC configs/eval_spair.yaml (pck_train.py)",
+    _geoaware_settings("spair", dataset="spair"),
+    headline=_headline("spair", "SPair-71k test PCK@0.10 per image (the config's own label: "
+                                "KPT_RESULT unset)"),
+    published=_published("spair"),
+))
+register_eval_preset(EvalPreset(
+    "geoaware-zero-shot",
+    "GeoAware-SC zero-shot on SPair-71k: no learned head (DUMMY_NET), window soft-argmax "
+    "radius 5, adaptive flip with the instance-mask distance where masks exist",
+    "Junyi42/GeoAware-SC configs/eval_zero_shot_spair.yaml (pck_train.py)",
+    _geoaware_settings("zero-shot", dataset="spair", pose_distance="auto"),
+    headline=_headline("zero-shot", "SPair-71k test PCK@0.10 per keypoint (the paper's Tab. "
+                                    "2: this config with KPT_RESULT: true; as released it logs "
+                                    "per image, semcorr reports both)"),
+    published=_published("zero-shot"),
+))
+register_eval_preset(EvalPreset(
+    "geoaware-ap10k",
+    "GeoAware-SC on the AP-10k intra-species benchmark: the AP-10k head, window soft-argmax "
+    "radius 7, no adaptive flip",
+    "Junyi42/GeoAware-SC configs/eval_ap10k.yaml (pck_train.py)",
+    _geoaware_settings("ap10k", dataset="ap10k", subset="intra-species"),
+    headline=_headline("ap10k", "AP-10k intra-species test PCK@0.10 per image (the config's "
+                                "own label)"),
+    published=_published("ap10k"),
+))
+register_eval_preset(EvalPreset(
+    "geoaware-pfpascal",
+    "GeoAware-SC on PF-Pascal: the PF-Pascal head, window soft-argmax radius 7, no adaptive "
+    "flip, PCK relative to the image's larger side",
+    "Junyi42/GeoAware-SC configs/eval_pascal.yaml (pck_train.py)",
+    _geoaware_settings("pfpascal", dataset="pf-pascal", dataset_option=["normalisation=image"],
+                       thresholds="0.05,0.10,0.15"),
+    headline=_headline("pfpascal", "PF-Pascal test PCK@0.10 per image (the config's own "
+                                   "label)"),
+    published=_published("pfpascal"),
+))
+
 
 
 # --- SD4Match (ActiveVisionLab/SD4Match, test.py and config/) ---------------------------------

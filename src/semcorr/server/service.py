@@ -231,7 +231,7 @@ class CorrespondenceService:
             target_features, transforms = self._cached(
                 self._targets, target.id, lambda: self.backbone_extract(target.image), size)
         valid = transforms[0].valid_cells(target_features.device)[None]
-        chosen, distances = self.matcher.choose_poses(source_features, target_features, valid)
+        chosen, distances = self.matcher.choose_poses(source_features, target_features)
         return PairFeatures(
             source=source_features,
             target=target_features,

@@ -50,8 +50,8 @@ def _prepare_source(matcher: Matcher, annotation: SourceAnnotation, perm: Sequen
     points[~annotation.labelled] = 0.0
     try:
         points = matcher.check_points(points, width, height)
-        permutation = matcher.check_permutation(perm if matcher.pose_align else None,
-                                                 points.shape[0])
+        permutation, _ = matcher.check_permutation(perm if matcher.pose_align else None,
+                                                    points.shape[0])
     except InputError as exc:
         raise InputError(f"{annotation.image}: {exc}") from None
     descriptors = matcher.query_descriptors(features, points, permutation)
@@ -96,7 +96,7 @@ def _transfer_batch(
     """Votes of every source on a batch of target features ``(B, C, h, w)`` → consensus."""
     masks = torch.stack([t.valid_cells(features.device) for t in transforms])
     unit = F.normalize(features, dim=1)
-    chosen = [matcher.choose_poses(s.features, features, masks)[0] for s in sources]
+    chosen = [matcher.choose_poses(s.features, features)[0] for s in sources]
     pairs = zip(sources, chosen, strict=True)
     queries = torch.cat([s.descriptors.to(features.device)[c] for s, c in pairs],
                         dim=1)  # (B, S * N, C)

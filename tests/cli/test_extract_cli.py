@@ -137,9 +137,15 @@ def test_bad_input(tmp_path: Path, images: list[Path], capsys: pytest.CaptureFix
     assert main(_args(tmp_path / "c3", [images[0], missing])) == 0  # skip and report
     captured = capsys.readouterr()
     assert "1 failed" in captured.out and "missing.png" in captured.err
-    assert main(_args(tmp_path / "c6", [missing])) == 1  # nothing done: a failed job
+    assert main(_args(tmp_path / "c6", [missing])) == 2  # no image at all: bad input
+    assert "none of the 1 image file(s) exists" in capsys.readouterr().err
+    assert not (tmp_path / "c6").exists()
+    garbage = images[0].parent / "garbage.png"
+    garbage.write_bytes(b"not a png")
+    assert main(_args(tmp_path / "c7", [garbage])) == 1  # nothing done: a failed job
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "semcorr: error: extract: all 1 image(s) failed (listed above)")
+    garbage.unlink()
 
 
 def test_dataset_branch(tmp_path: Path) -> None:

@@ -105,6 +105,39 @@ class PairSample:
         return self.visible & has_group & (counts[safe] >= 2)
 
 
+#: How far (pixels) a visible source keypoint may lie outside its image and still be used (it is
+#: then pulled onto the border): annotation tools round to the pixel grid.
+OUTSIDE_TOLERANCE = 1.0
+
+
+def sample_problem(sample: PairSample) -> str | None:
+    """Why a pair must not be scored (``None`` when it is sound): a visible keypoint that is not a
+    finite number, a visible source keypoint outside its image (beyond
+    :data:`OUTSIDE_TOLERANCE`), or a PCK reference length that is not a positive number (a box
+    of size 0, a single keypoint)."""
+    rows = sample.visible.nonzero().flatten()
+    for name, points in (("source", sample.source_points), ("target", sample.target_points)):
+        bad = (~torch.isfinite(points[rows]).all(dim=1)).nonzero().flatten()
+        if bad.numel():
+            k = int(sample.keypoint_ids[rows[bad[0]]])
+            return f"{name} keypoint {k} is not a finite number"
+    width, height = sample.source_size
+    points = sample.source_points[rows]
+    outside = ((points[:, 0] < -OUTSIDE_TOLERANCE) | (points[:, 1] < -OUTSIDE_TOLERANCE)
+               | (points[:, 0] > width - 1 + OUTSIDE_TOLERANCE)
+               | (points[:, 1] > height - 1 + OUTSIDE_TOLERANCE)).nonzero().flatten()
+    if outside.numel():
+        k = int(outside[0])
+        x, y = points[k].tolist()
+        return (f"source keypoint {int(sample.keypoint_ids[rows[k]])} ({x:g}, {y:g}) lies "
+                f"outside the {width}x{height} source image")
+    reference = float(sample.pck_reference)
+    if not (reference > 0 and reference < float("inf")):
+        return (f"PCK reference length is {reference:g} (a box of size 0 or a single keypoint): "
+                "no threshold to measure against")
+    return None
+
+
 class PairDataset(Sequence[PairSample]):
     """Base class of the benchmark datasets: a sequence of :class:`PairSample`.
 

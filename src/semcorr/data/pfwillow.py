@@ -40,11 +40,12 @@ def read_willow_points(path: Path) -> torch.Tensor:
         raise InputError(f"{path}: missing keypoint file")
     try:
         mat = scipy.io.loadmat(str(path))
-    except (ValueError, OSError, TypeError) as exc:
-        raise InputError(f"{path}: not a readable .mat file ({exc})") from None
+    except Exception as exc:  # noqa: BLE001  (scipy raises many types for a bad file)
+        raise InputError(f"{path}: not a readable .mat file ({' '.join(str(exc).split())})"
+                         ) from None
     coords = mat.get("pts_coord")
-    if coords is None or coords.ndim != 2 or coords.shape[0] != 2:
-        raise InputError(f"{path}: expected a 2 x N array 'pts_coord'")
+    if coords is None or coords.ndim != 2 or coords.shape[0] != 2 or coords.shape[1] == 0:
+        raise InputError(f"{path}: expected a non-empty 2 x N array 'pts_coord'")
     return torch.as_tensor(coords.T.astype("float32")) - 1.0
 
 
@@ -79,13 +80,18 @@ class PFWillow(PairDataset):
         if not classes:
             raise InputError(f"{self.root}: no class folders (expected e.g. 'car(G)/')")
         self._images: dict[str, list[Path]] = {}
-        self._points: dict[Path, torch.Tensor] = {}
+        self._points: dict[Path, torch.Tensor | str] = {}  # str: why the file is unusable
         for cls in classes:
             images = sorted((self.root / cls).glob("*.png"))
             if len(images) < 2:
                 raise InputError(f"{self.root / cls}: fewer than 2 .png images")
-            for image in images:
-                self._points[image] = read_willow_points(image.with_suffix(".mat"))
+            for image in images:  # a missing file is an incomplete dataset; an unreadable one
+                if not image.with_suffix(".mat").is_file():  # spoils its pairs only (skipped)
+                    raise InputError(f"{image.with_suffix('.mat')}: missing keypoint file")
+                try:
+                    self._points[image] = read_willow_points(image.with_suffix(".mat"))
+                except InputError as exc:
+                    self._points[image] = str(exc)
             self._images[cls] = images
         self._pairs = [
             (cls, i, j)
@@ -105,6 +111,9 @@ class PFWillow(PairDataset):
         cls, i, j = self._pairs[index]
         source, target = self._images[cls][i], self._images[cls][j]
         src_pts, trg_pts = self._points[source], self._points[target]
+        for found in (src_pts, trg_pts):
+            if isinstance(found, str):
+                raise InputError(found)
         n = min(src_pts.shape[0], trg_pts.shape[0])
         src_pts, trg_pts = src_pts[:n], trg_pts[:n]
         return PairSample(

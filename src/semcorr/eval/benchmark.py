@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from semcorr.data.base import PairDataset, PairSample
+from semcorr.data.base import PairDataset, PairSample, sample_problem
 from semcorr.errors import ImageError, InputError
 from semcorr.eval.pck import PCKAccumulator, PCKStatistics, format_threshold
 from semcorr.eval.protocols import PCKProtocol, StretchedPair, default_protocol, get_protocol
@@ -347,7 +347,7 @@ def export_predictions(
         for index in tqdm(range(total), desc="evaluating", unit="pair", disable=not progress):
             try:
                 sample = dataset[index]
-            except ImageError as exc:
+            except (ImageError, InputError) as exc:  # a bad image or annotation file
                 pair_id = f"#{index}"
                 in_scope.add(pair_id)
                 if pair_id not in done:
@@ -358,8 +358,11 @@ def export_predictions(
             if sample.pair_id in done:
                 continue
             try:
+                problem = sample_problem(sample)
+                if problem is not None:
+                    raise InputError(problem)
                 record = _predict(matcher, sources, targets, sample, protocol, normalisation)
-            except ImageError as exc:
+            except (ImageError, InputError) as exc:  # skipped, counted and listed, never scored
                 record = {
                     "pair_id": sample.pair_id,
                     "category": sample.category,

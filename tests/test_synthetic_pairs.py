@@ -80,27 +80,42 @@ def pck(predicted: list[torch.Tensor], truth: list[torch.Tensor]) -> float:
     return float((errors < TOLERANCE).float().mean())
 
 
+@pytest.mark.slow  # measured 386 s on the loaded 2-core machine (OpenCV's dense grid, pose grid)
 def test_dense_sift_on_warped_photographs(photo_paths: list[Path]) -> None:
+    """The README's figures, each failing below its claim minus 0.01 (1.5 of 150 points).
+
+    Measured with 1 torch thread (fixed warps and points: no seed in the test): precise 0.9933,
+    precise + pose 0.9933, semantic 0.9600, OpenCV 0.9867 upright; mirrored: precise 0.2800,
+    precise + pose 0.9533, OpenCV 0.1133 -- the README's 0.993, 0.96, 0.987, 0.28, 0.953,
+    0.11. The 2-thread run did not finish on the loaded machine; the same dense-sift + window
+    path moves PF-Willow predictions by <= 5e-5 px between 1 and 2 threads, far from flipping a
+    point (one point is 0.0067 here). Other warp seeds were not measured.
+    """
     # Same-instance matching: the ``precise`` preset (finer cells at 384 px); the default
     # ``semantic`` preset trades this precision for the context cross-instance matching needs.
     plain = Matcher(create_backbone("dense-sift-precise"), refine="window")
     aligned = Matcher(create_backbone("dense-sift-precise"), refine="window", pose_align=True)
+    semantic = Matcher(create_backbone("dense-sift"), refine="window")
     results: dict[str, float] = {}
     for mirrored in (False, True):
-        ours, ours_aligned, baseline, truths = [], [], [], []
+        ours, ours_aligned, ours_semantic, baseline, truths = [], [], [], [], []
         for source, target, points, truth in synthetic_cases(photo_paths, mirrored):
             ours.append(plain.match(source, [target], points)[0].points)
             ours_aligned.append(aligned.match(source, [target], points)[0].points)
+            if not mirrored:
+                ours_semantic.append(semantic.match(source, [target], points)[0].points)
             baseline.append(opencv_dense_sift(source, target, points))
             truths.append(truth)
         tag = "mirrored" if mirrored else "upright"
         results[f"{tag}/semcorr"] = pck(ours, truths)
         results[f"{tag}/semcorr+pose"] = pck(ours_aligned, truths)
         results[f"{tag}/opencv"] = pck(baseline, truths)
+        if not mirrored:
+            results["upright/semantic"] = pck(ours_semantic, truths)
     print(results)
-    assert results["upright/semcorr"] >= 0.9
-    assert results["upright/semcorr+pose"] >= 0.9  # alignment keeps the identity here
+    claims = {"upright/semcorr": 0.993, "upright/semcorr+pose": 0.993,
+              "upright/semantic": 0.96, "mirrored/semcorr+pose": 0.953}
+    assert all(results[k] >= claims[k] - 0.01 for k in claims), results
     assert results["upright/semcorr"] >= results["upright/opencv"]
-    assert results["mirrored/semcorr+pose"] >= 0.85
     assert results["mirrored/semcorr"] < results["mirrored/semcorr+pose"] - 0.3
     assert results["mirrored/semcorr+pose"] >= results["mirrored/opencv"]

@@ -84,12 +84,10 @@ def pck(predicted: list[torch.Tensor], truth: list[torch.Tensor]) -> float:
 def test_dense_sift_on_warped_photographs(photo_paths: list[Path]) -> None:
     """The README's figures, each failing below its claim minus 0.01 (1.5 of 150 points).
 
-    Measured with 1 torch thread (fixed warps and points: no seed in the test): precise 0.9933,
-    precise + pose 0.9933, semantic 0.9600, OpenCV 0.9867 upright; mirrored: precise 0.2800,
-    precise + pose 0.9533, OpenCV 0.1133 -- the README's 0.993, 0.96, 0.987, 0.28, 0.953,
-    0.11. The 2-thread run did not finish on the loaded machine; the same dense-sift + window
-    path moves PF-Willow predictions by <= 5e-5 px between 1 and 2 threads, far from flipping a
-    point (one point is 0.0067 here). Other warp seeds were not measured.
+    Measured with 1 and with 2 torch threads, identical (fixed warps and points: no seed in the
+    test): precise 0.9933, precise + pose 0.9933, semantic 0.9600, OpenCV 0.9867 upright;
+    mirrored: precise 0.2800, precise + pose 0.9533, OpenCV 0.1133 -- the README's 0.993, 0.96,
+    0.987, 0.28, 0.953, 0.11. One point is 0.0067 here. Other warp seeds were not measured.
     """
     # Same-instance matching: the ``precise`` preset (finer cells at 384 px); the default
     # ``semantic`` preset trades this precision for the context cross-instance matching needs.

@@ -160,10 +160,10 @@ def test_graffiti_mma_published_weights() -> None:
     """MMA@3 of r2d2_WASF_N16 (5000 keypoints, multi-scale 256-1024) on Graffiti 1-2 and 1-3:
     the README's table (0.807, 0.634), each pair failing below its claim minus 0.01.
 
-    Measured with 1 torch thread: 623/772 = 0.8070 and 331/522 = 0.6341 correct matches, equal
-    to the README's figures (an earlier run, thread count unrecorded) to 4 digits; the model is
-    deterministic, so there is no seed. 0.01 is 8 and 5 matches. The bounds were 0.75 and 0.55
-    before (and 0.65 on the mean, implied by the two now).
+    Measured with 1 and with 2 torch threads, identical: 623/772 = 0.8070 and 331/522 = 0.6341
+    correct matches, the README's figures; the model is deterministic, so there is no seed.
+    0.01 is 8 and 5 matches. The bounds were 0.75 and 0.55 before (and 0.65 on the mean,
+    implied by the two now).
     """
     from semcorr.features.local import create_local_features
     from semcorr.io import load_image

@@ -1,10 +1,11 @@
 """End to end on real photographs warped by known transforms (issue: the core job).
 
-dense-sift + window soft-argmax must find textured points within PCK@0.05 (α · max(w, h)) in
-at least 90% of cases under rotations up to 20°, zooms 0.75–1.25 and brightness/contrast
-changes; on mirrored targets, pose alignment must restore at least 85%. OpenCV's SIFT on a
-dense grid with nearest-neighbour search, measured in the same test, is the baseline semcorr
-must not fall below.
+dense-sift + window soft-argmax must find textured points within 25.6 px in at least 90% of
+cases under rotations up to 20°, zooms 0.75–1.25 and brightness/contrast changes; on mirrored
+targets, pose alignment must restore at least 85%. 25.6 px is 0.05 x 512: PCK@0.05 on
+boat.png and peppers.png (512 x 512), and the stricter PCK@0.02 on brooklyn.png (1280 x 820).
+OpenCV's SIFT on a dense grid with nearest-neighbour search, measured in the same test, is the
+baseline semcorr must not fall below.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from semcorr import Matcher, create_backbone, load_image
 from semcorr.geometry import hflip_matrix, inside_image, similarity_matrix, warp_image, warp_points
 
 ALPHA = 0.05
+TOLERANCE = ALPHA * 512  # px, the same for every photo (see the module docstring)
 WARPS_PER_PHOTO = 2
 
 
@@ -72,33 +74,46 @@ def synthetic_cases(paths: list[Path], mirrored: bool):  # noqa: ANN201
             yield image, target, points[keep], truth[keep]
 
 
-def pck(predicted: list[torch.Tensor], truth: list[torch.Tensor], size: int) -> float:
+def pck(predicted: list[torch.Tensor], truth: list[torch.Tensor]) -> float:
+    """Fraction of points closer than ``TOLERANCE`` px to the truth."""
     errors = torch.cat([(p - t).norm(dim=1) for p, t in zip(predicted, truth)])
-    return float((errors < ALPHA * size).float().mean())
+    return float((errors < TOLERANCE).float().mean())
 
 
+@pytest.mark.slow  # measured 386 s on the loaded 2-core machine (OpenCV's dense grid, pose grid)
 def test_dense_sift_on_warped_photographs(photo_paths: list[Path]) -> None:
+    """The README's figures, each failing below its claim minus 0.01 (1.5 of 150 points).
+
+    Measured with 1 and with 2 torch threads, identical (fixed warps and points: no seed in the
+    test): precise 0.9933, precise + pose 0.9933, semantic 0.9600, OpenCV 0.9867 upright;
+    mirrored: precise 0.2800, precise + pose 0.9533, OpenCV 0.1133 -- the README's 0.993, 0.96,
+    0.987, 0.28, 0.953, 0.11. One point is 0.0067 here. Other warp seeds were not measured.
+    """
     # Same-instance matching: the ``precise`` preset (finer cells at 384 px); the default
     # ``semantic`` preset trades this precision for the context cross-instance matching needs.
-    size = 512  # the photographs are 512 px on their long side
     plain = Matcher(create_backbone("dense-sift-precise"), refine="window")
     aligned = Matcher(create_backbone("dense-sift-precise"), refine="window", pose_align=True)
+    semantic = Matcher(create_backbone("dense-sift"), refine="window")
     results: dict[str, float] = {}
     for mirrored in (False, True):
-        ours, ours_aligned, baseline, truths = [], [], [], []
+        ours, ours_aligned, ours_semantic, baseline, truths = [], [], [], [], []
         for source, target, points, truth in synthetic_cases(photo_paths, mirrored):
             ours.append(plain.match(source, [target], points)[0].points)
             ours_aligned.append(aligned.match(source, [target], points)[0].points)
+            if not mirrored:
+                ours_semantic.append(semantic.match(source, [target], points)[0].points)
             baseline.append(opencv_dense_sift(source, target, points))
             truths.append(truth)
         tag = "mirrored" if mirrored else "upright"
-        results[f"{tag}/semcorr"] = pck(ours, truths, size)
-        results[f"{tag}/semcorr+pose"] = pck(ours_aligned, truths, size)
-        results[f"{tag}/opencv"] = pck(baseline, truths, size)
+        results[f"{tag}/semcorr"] = pck(ours, truths)
+        results[f"{tag}/semcorr+pose"] = pck(ours_aligned, truths)
+        results[f"{tag}/opencv"] = pck(baseline, truths)
+        if not mirrored:
+            results["upright/semantic"] = pck(ours_semantic, truths)
     print(results)
-    assert results["upright/semcorr"] >= 0.9
-    assert results["upright/semcorr+pose"] >= 0.9  # alignment keeps the identity here
+    claims = {"upright/semcorr": 0.993, "upright/semcorr+pose": 0.993,
+              "upright/semantic": 0.96, "mirrored/semcorr+pose": 0.953}
+    assert all(results[k] >= claims[k] - 0.01 for k in claims), results
     assert results["upright/semcorr"] >= results["upright/opencv"]
-    assert results["mirrored/semcorr+pose"] >= 0.85
     assert results["mirrored/semcorr"] < results["mirrored/semcorr+pose"] - 0.3
     assert results["mirrored/semcorr+pose"] >= results["mirrored/opencv"]

@@ -82,6 +82,9 @@ def test_bad_folders(tmp_path: Path) -> None:
 
 
 def test_default_backbone_separates_left_right(left_right: tuple[Path, Path]) -> None:
+    """Measured (fixed crops, no randomness), identical with 1 and 2 torch threads: the true
+    pose's distance is 0.24-0.27 and the wrong one's 0.38-0.43 for every query (ratio >= 1.57),
+    so accuracy 1.0 does not hang on a near-tie."""
     templates, images = left_right
     summary = pose_awareness(
         create_backbone("dense-sift").eval(), read_pose_folder(templates),

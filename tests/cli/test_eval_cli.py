@@ -96,11 +96,21 @@ def test_unknown_dataset_is_refused_by_the_parser(capsys) -> None:
 
 @pytest.mark.slow
 def test_full_pf_willow(pf_willow_root: Path, tmp_path: Path) -> None:
-    """All 900 pairs with the default dense-sift (a few minutes on a CPU)."""
+    """All 900 pairs with the default dense-sift: the README's figures (a few CPU minutes).
+
+    Guards the README's PF-Willow row (`benchmarks/pf_willow_baseline.py`): PCK@0.05/0.10/0.15
+    0.254/0.422/0.545, measured 0.2540/0.4217/0.5448 with 2 torch threads (deterministic: no
+    seed). With 1 thread the predictions of the first 30 pairs move by at most 5e-5 px and no
+    keypoint changes side of a threshold. Each keypoint weighs 1/9000 here and only 38-48 of
+    the 9000 lie within 1% of their threshold, so float differences could move a figure by
+    ~0.005 at most; the bound is the claim minus 0.01 (90 keypoints). It was 0.35 at 0.10
+    before, 0.07 below the claim.
+    """
     assert main(["eval", "--dataset", "pf-willow", "--root", str(pf_willow_root),
                  "--out", str(tmp_path), "--quiet"]) == 0  # fmt: skip
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["pairs"] == 900 and results["skipped"] == 0
     assert len(results["per_category"]) == 10
-    # measured 0.42 with dense-sift's defaults of 2026-11-22 (SIFT Flow reports 0.38)
-    assert results["pck"]["0.10"]["per_image"] >= 0.35
+    claims = {"0.05": 0.254, "0.10": 0.422, "0.15": 0.545}
+    measured = {alpha: results["pck"][alpha]["per_image"] for alpha in claims}
+    assert all(measured[a] >= claims[a] - 0.01 for a in claims), measured

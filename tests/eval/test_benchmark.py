@@ -31,6 +31,12 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory, matcher: Matcher) -> tup
 
 
 def test_translations_are_recovered(evaluated: tuple[dict, Path]) -> None:
+    """Pure translations of a smooth texture, 12 pairs: the PCK bounds are lower bounds.
+
+    Measured (fixed data, no randomness): PCK@0.10 per image 0.8167 and PCK@0.05 per keypoint
+    0.750, identical with 1 and with 2 torch threads. The bounds 0.75 and 0.65 leave margins of
+    0.067 and 0.10 against a measured spread of 0.
+    """
     results, out = evaluated
     assert results["dataset"] == "pf-willow" and results["split"] == "test"
     assert results["pairs"] == 12 and results["skipped"] == 0
@@ -38,7 +44,6 @@ def test_translations_are_recovered(evaluated: tuple[dict, Path]) -> None:
     assert results["protocol"]["average"] == "categories"
     assert list(results["pck"]) == ["0.01", "0.05", "0.10", "0.15"]
     assert set(results["per_category"]) == {"car(G)", "duck(S)"}
-    # pure translations of a smooth texture (measured: 0.82 at 0.10, 0.75 at 0.05)
     assert results["pck"]["0.10"]["per_image"] >= 0.75
     assert results["pck"]["0.05"]["per_keypoint"] >= 0.65
     for row in results["pck"].values():

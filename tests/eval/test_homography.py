@@ -157,19 +157,23 @@ class TestFiles:
 
 @pytest.mark.slow
 def test_graffiti_mma_published_weights() -> None:
-    """MMA@3 of r2d2_WASF_N16 (5000 keypoints, multi-scale 256-1024) on Graffiti 1-2 and 1-3.
+    """MMA@3 of r2d2_WASF_N16 (5000 keypoints, multi-scale 256-1024) on Graffiti 1-2 and 1-3:
+    the README's table (0.807, 0.634), each pair failing below its claim minus 0.01.
 
-    Measured 0.807 and 0.634; lower bounds leave room for platform differences.
+    Measured with 1 and with 2 torch threads, identical: 623/772 = 0.8070 and 331/522 = 0.6341
+    correct matches, the README's figures; the model is deterministic, so there is no seed.
+    0.01 is 8 and 5 matches. The bounds were 0.75 and 0.55 before (and 0.65 on the mean,
+    implied by the two now).
     """
     from semcorr.features.local import create_local_features
     from semcorr.io import load_image
 
     model = create_local_features("r2d2", weights=str(shared_path("r2d2", "r2d2_WASF_N16.pt")))
-    results, mma = evaluate_sequence(
+    results, _ = evaluate_sequence(
         lambda p: model.extract(load_image(p)),
         shared_path("homography", "graffiti"),
         targets=(2, 3),
     )
-    assert results[0].accuracy[2] >= 0.75
-    assert results[1].accuracy[2] >= 0.55
-    assert mma[2] >= 0.65
+    measured = [float(result.accuracy[2]) for result in results]
+    assert measured[0] >= 0.807 - 0.01, measured
+    assert measured[1] >= 0.634 - 0.01, measured

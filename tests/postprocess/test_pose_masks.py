@@ -62,6 +62,10 @@ def matcher() -> Matcher:
 
 @pytest.mark.parametrize("name", ["peppers.png", "boat.png"])
 def test_flip_chosen_only_on_mirrored_pairs(matcher, name):
+    """Measured (fixed warps, no randomness), identical with 1 and 2 torch threads: every one
+    of the 8 cases (2 photos x mirrored or not x masked or not) has PCK@0.1 1.0 (bound 0.8:
+    a margin of 5 of the 25 points) and a chosen-pose distance at most 0.576 of the other's
+    (bound 0.9)."""
     pairs = [_pair(name, mirrored) for mirrored in (False, True)]
     source, _, points, _, smask, _ = pairs[0]
     features = matcher.source_features(source, smask)  # computed once for all cases

@@ -50,7 +50,7 @@ def _overrides(root: Path, out: Path, **extra: object) -> list[str]:
         "backbone": "dense-sift",
         "backbone_options": "{image_size: 64, stride: 4, bin_sizes: [4, 8]}",
         "feature_parts": "null", "feature_dims": "[128,128]", "projection_dim": 64,
-        "num_groups": 8, "synthetic_pairs": 6, "val_pairs": 3, "synthetic_size": 96,
+        "num_groups": 8, "synthetic_pairs": 6, "val_pairs": 12, "synthetic_size": 96,
         "steps": STEPS, "checkpoint_every": 5, "lr": 3e-3, "self_flip": 0, "single_flip": 0,
         "seed": 0,
     }
@@ -81,16 +81,29 @@ def _training_loss(head: torch.nn.Module, root: Path) -> float:
 
 
 def test_loss_falls_and_pck_rises(smoke):
+    """The README's figures (loss 3.42 -> 2.24, validation PCK@0.1 0.70 -> 0.78 in 20 steps).
+
+    Measured with 1 and 2 torch threads: identical PCK histories, losses equal to 1e-6. Over
+    seeds 0, 1, 2 (training pairs, validation pairs, initialisation): loss after/before 0.654,
+    0.522, 0.618 (bound 0.8: margin 0.15 at the worst seed); PCK gain +0.075, +0.047, +0.113
+    on 12 validation pairs (bound +0.025: half the worst seed's gain; a loop that does not learn
+    keeps the head, so its gain is exactly 0). With the 3 validation pairs used before, seed 1
+    gained 0.000 and seed 0 +0.118: the gain's spread was larger than its margin. The seed-0
+    figures must also stay at the README's claims: final loss <= 2.237 + 0.01 and final PCK
+    >= 0.778 - 0.01 (0.01 is 3 of the 279 validation keypoints; the thread spread is 0).
+    """
     history = _history(smoke / "full")
     assert len(history["loss"]) == STEPS
     torch.manual_seed(0)  # the trainer's initialisation
     initial = AggregationNetwork((128, 128), 64, 8)
     final = load_head("geoaware", smoke / "full" / "head.safetensors", num_groups=8)
     before, after = _training_loss(initial, smoke), _training_loss(final, smoke)
-    assert after < 0.8 * before, (before, after)  # measured 3.42 → 2.24
+    assert after < 0.8 * before, (before, after)
+    assert after <= 2.237 + 0.01, after
     steps, pcks = zip(*history["val_pck"], strict=True)
     assert steps == (0, 5, 10, 15, 20)
-    assert pcks[-1] >= pcks[0] + 0.05, pcks
+    assert pcks[-1] >= pcks[0] + 0.025, pcks
+    assert pcks[-1] >= 0.778 - 0.01, pcks
 
 
 def _same_run(a: Path, b: Path) -> None:

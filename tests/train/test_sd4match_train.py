@@ -217,6 +217,13 @@ def test_backbone_frozen_bit_for_bit(tiny: dict[str, Path]) -> None:
 
 
 def test_loss_falls_resume_and_reload(tiny: dict[str, Path]) -> None:
+    """The loss falls by 0.3 (mean of the last 3 of 10 steps against the first 3).
+
+    Measured drop with 1 torch thread for seeds 0, 1, 2 (prompt init, noise, pairs): single
+    1.163, 0.996, 0.610; class 1.034, 0.816, 0.580; cpm 1.110, 0.762, 0.589; with 2 threads
+    (seed 0) the same to 1e-6. The worst seed clears the 0.3 bound by 0.28; the test's seed 0
+    clears it by >= 0.73, more than the seed spread (<= 0.55).
+    """
     from semcorr.cli.main import main
     from semcorr.features.sd4match import read_prompt_file
     from semcorr.train.sd4match import train_sd4match
@@ -250,6 +257,7 @@ def test_loss_falls_resume_and_reload(tiny: dict[str, Path]) -> None:
 
 @pytest.mark.parametrize("prompt", ["class", "cpm"])
 def test_loss_falls_class_and_cpm(tiny: dict[str, Path], prompt: str) -> None:
+    """Same bound and measurements as :func:`test_loss_falls_resume_and_reload`."""
     from tiny_models import save_tiny_dinov2
 
     from semcorr.train.sd4match import train_sd4match

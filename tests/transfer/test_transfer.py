@@ -241,6 +241,9 @@ def _run(scene: dict, out: Path, backbone: DenseSIFT | None = None, **kw: object
 
 
 def test_transfer_finds_shifted_points(whole: dict) -> None:
+    """Measured (fixed texture and shifts), identical with 1 and 2 torch threads: median error
+    0.61 px (bound 2.0) and 19 of 20 points within 5 px (bound 0.9 = 18); the worst points are
+    7.0 px and then 2.5 px, so the bound fails only if another point moves by 2.5 px."""
     doc = whole
     names = [im["file_name"] for im in doc["images"]]
     assert names == [f"img{i}.png" for i in range(2, len(SHIFTS))]  # sources excluded

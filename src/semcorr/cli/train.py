@@ -127,7 +127,7 @@ def _add_geoaware(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_finetune(subparsers: argparse._SubParsersAction) -> None:
-    from semcorr.train.finetune import add_finetune_parser
+    from semcorr.cli.finetune import add_finetune_parser
 
     add_finetune_parser(subparsers)
 

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from semcorr.cli.sd4match import add_sd4match_parser
 from semcorr.errors import InputError
-from semcorr.train.sd4match import add_sd4match_parser
 
 __all__ = ["METHODS", "add_parser"]
 

@@ -2,6 +2,9 @@
 
 :class:`Matcher` computes the source's features once (in every pose candidate), then streams the
 targets in batches: features → (pose choice) → similarity → refinement → original pixels.
+
+One file on purpose (~510 lines): it is nearly all :class:`Matcher`, whose stages are methods
+sharing one state; the stages themselves live in ``features``, ``match`` and ``postprocess``.
 """
 
 from __future__ import annotations

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from semcorr.cli.sd4match import add_sd4match_parser
 from semcorr.errors import InputError
-from semcorr.train.sd4match import add_sd4match_parser
 
 __all__ = ["METHODS", "add_parser"]
 
@@ -127,7 +127,7 @@ def _add_geoaware(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_finetune(subparsers: argparse._SubParsersAction) -> None:
-    from semcorr.train.finetune import add_finetune_parser
+    from semcorr.cli.finetune import add_finetune_parser
 
     add_finetune_parser(subparsers)
 

@@ -7,8 +7,9 @@
    killed run resumes). ``OUT/config.json`` records the matcher and dataset; a rerun with a
    different configuration is refused unless ``overwrite``. A pair whose image cannot be read is
    recorded as skipped, counted and reported; it never ends the run.
-2. **metrics**: stream the predictions file through :class:`~semcorr.eval.pck.PCKAccumulator`
-   and write ``OUT/results.json``, ``OUT/results.md`` and ``OUT/pck_curve.png``.
+2. **metrics** (:mod:`semcorr.eval.metrics`): stream the predictions file through
+   :class:`~semcorr.eval.pck.PCKAccumulator` and write ``OUT/results.json``, ``OUT/results.md``
+   and ``OUT/pck_curve.png``.
 
 PCK follows a named protocol (:mod:`semcorr.eval.protocols`; the dataset's default when none is
 given). A ``stretched`` protocol (``sd4match``) stretches both images to the backbone's square
@@ -26,7 +27,7 @@ import json
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,12 @@ import torch
 
 from semcorr.data.base import PairDataset, PairSample, sample_problem
 from semcorr.errors import ImageError, InputError
-from semcorr.eval.pck import PCKAccumulator, PCKStatistics, format_threshold
+from semcorr.eval.metrics import (  # noqa: F401  (public here as before)
+    CURVE_ALPHAS,
+    compute_metrics,
+    read_predictions,
+)
+from semcorr.eval.pck import format_threshold
 from semcorr.eval.protocols import PCKProtocol, StretchedPair, default_protocol, get_protocol
 from semcorr.io import atomic_write_bytes, atomic_write_json, load_image
 from semcorr.match.pose import NO_PARTNER, PARTNER_UNSEEN
@@ -52,15 +58,11 @@ __all__ = [
     "resolve_protocol",
 ]
 
-#: α values of the PCK-vs-α curve (0.01 to 0.20), added to the reported thresholds.
-CURVE_ALPHAS: tuple[float, ...] = tuple(round(0.01 * k, 2) for k in range(1, 21))
-
 PREDICTIONS = "predictions.jsonl"
 CONFIG = "config.json"
 RESULTS = "results.json"
 TABLE = "results.md"
 CURVE = "pck_curve.png"
-_MAX_LISTED_SKIPS = 100
 
 
 class FeatureLRU:
@@ -142,20 +144,6 @@ def describe_matcher(matcher: Matcher) -> dict[str, Any]:
         "poses": list(matcher.poses),
         "pose_distance": matcher.pose_distance if matcher.pose_align else None,
     }
-
-
-def read_predictions(path: Path) -> Iterator[dict[str, Any]]:
-    """Stream the records of a predictions file, ignoring a torn last line."""
-    if not path.is_file():
-        return
-    with path.open("r", encoding="utf-8") as handle:
-        for line in handle:
-            if not line.endswith("\n"):
-                return  # torn write of a killed run
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
-                continue
 
 
 def _repair(path: Path) -> set[str]:
@@ -375,97 +363,6 @@ def export_predictions(
             done.add(sample.pair_id)
             predicted += 1
     return {"pair_ids": in_scope, "predicted": predicted, "seconds": time.perf_counter() - start}
-
-
-def compute_metrics(
-    predictions: Path,
-    pair_ids: set[str] | None,
-    thresholds: Sequence[float] | None = None,
-    average: str = "pairs",
-    protocol: PCKProtocol | None = None,
-) -> dict[str, Any]:
-    """PCK from a predictions file, streamed.
-
-    Args:
-        predictions: a ``predictions.jsonl`` written by :func:`export_predictions`.
-        pair_ids: the pairs to count (all when ``None``).
-        thresholds: reported α values (default: the protocol's).
-        average: see :class:`~semcorr.eval.pck.PCKAccumulator`.
-        protocol: the comparison and precision (default ``geoaware``: strict ``<`` in
-            float64); with ``statistics``, adds ``statistics``
-            (:class:`~semcorr.eval.pck.PCKStatistics`).
-
-    Returns:
-        The accumulator's summary plus ``pairs``, ``skipped``, ``skipped_pairs``,
-        ``pose_alignment`` (``distance_used``: pairs aligned with each instance matching
-        distance, ``mask`` or ``mutual-nn``), ``curve`` (``alpha``, ``per_image``,
-        ``per_keypoint`` over :data:`CURVE_ALPHAS`) and ``breakdowns``
-        (:class:`~semcorr.analysis.breakdowns.BreakdownAccumulator`: by difficulty, category,
-        keypoint id, geometry-aware vs the rest; mean and std).
-    """
-    from semcorr.analysis.breakdowns import BreakdownAccumulator
-
-    protocol = protocol or get_protocol("geoaware")
-    thresholds = list(protocol.thresholds if thresholds is None else thresholds)
-    alphas = sorted(set(CURVE_ALPHAS) | {round(float(a), 6) for a in thresholds})
-    accumulator = PCKAccumulator(alphas, average=average)
-    columns = [alphas.index(round(float(a), 6)) for a in thresholds]
-    breakdowns = BreakdownAccumulator([format_threshold(a) for a in thresholds])
-    statistics = PCKStatistics(thresholds) if protocol.statistics else None
-    seen: set[str] = set()
-    skipped: list[dict[str, str]] = []
-    pairs = 0
-    pose_distances: dict[str, int] = {}
-    for record in read_predictions(predictions):
-        pair_id = record.get("pair_id")
-        if pair_id in seen or (pair_ids is not None and pair_id not in pair_ids):
-            continue
-        seen.add(pair_id)
-        if "skipped" in record:
-            skipped.append({"pair_id": pair_id, "reason": record["skipped"]})
-            continue
-        pairs += 1
-        if "pose_distance" in record:
-            metric = record["pose_distance"]
-            pose_distances[metric] = pose_distances.get(metric, 0) + 1
-        pred = torch.tensor(record["pred"], dtype=torch.float64).reshape(-1, 2)
-        gt = torch.tensor(record["gt"], dtype=torch.float64).reshape(-1, 2)
-        correct = protocol.correct(pred, gt, float(record["reference"]), alphas)
-        geo = torch.tensor(record["geo_aware"], dtype=torch.bool).reshape(-1)
-        accumulator.add(record["category"], correct, geo)
-        breakdowns.add(correct[:, columns], record["category"], record.get("keypoint_ids"), geo,
-                       record.get("extra"))
-        if statistics is not None:
-            statistics.add(record["category"], correct[:, columns], record.get("extra"))
-    summary = accumulator.summary()
-    wanted = [format_threshold(a) for a in thresholds]
-
-    def pick(table: dict[str, Any]) -> dict[str, Any]:
-        return {k: table[k] for k in wanted}
-
-    curve = {
-        "alpha": alphas,
-        "per_image": [summary["pck"][format_threshold(a)]["per_image"] for a in alphas],
-        "per_keypoint": [summary["pck"][format_threshold(a)]["per_keypoint"] for a in alphas],
-    }
-    geo = summary["geo_aware"]
-    return {
-        "pairs": pairs,
-        "skipped": len(skipped),
-        "skipped_pairs": skipped[:_MAX_LISTED_SKIPS],
-        "pck": pick(summary["pck"]),
-        "per_category": {c: pick(t) for c, t in summary["per_category"].items()},
-        "counts": summary["counts"],
-        "geo_aware": {
-            **geo,
-            "pck": pick(geo["pck"]),
-            "per_category": {c: pick(t) for c, t in geo["per_category"].items()},
-        },
-        "curve": curve,
-        "breakdowns": breakdowns.summary(),
-        **({"statistics": statistics.summary()} if statistics is not None else {}),
-        "pose_alignment": {"distance_used": dict(sorted(pose_distances.items()))},
-    }
 
 
 def resolve_protocol(protocol: str | PCKProtocol | None, dataset: PairDataset) -> PCKProtocol:

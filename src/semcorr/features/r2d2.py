@@ -17,6 +17,9 @@ of size ``w x h`` maps to ``((j + 0.5) W / w - 0.5, (i + 0.5) H / h - 0.5)`` in 
 ``W x H`` image, the exact inverse of bilinear resizing with ``align_corners=False``. (The
 reference code uses ``j W / w``, which is off by up to half a level pixel at small scales; at
 scale 1 both agree.)
+
+One file on purpose (~620 lines): one model's network, its checkpoint reading and its
+multi-scale extraction, which only make sense together.
 """
 
 from __future__ import annotations

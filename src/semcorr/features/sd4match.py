@@ -37,6 +37,10 @@ Stable Diffusion backbone, so concurrent calls with different prompts do not int
 Inference uses the shared kernel soft-argmax with SD4Match's settings (:data:`SD4MATCH_REFINE`:
 σ 7 cells, temperature 0.04, the Gaussian applied to the similarities before the softmax);
 the command line picks them when ``--refine`` is not given.
+
+One file on purpose (~550 lines): one backbone, its prompted forward, prompt files and the
+factory that assembles them; the prompt modules and the official layouts already live apart
+(:mod:`semcorr.features.sd4match_prompts`, :mod:`semcorr.features.sd4match_official`).
 """
 
 from __future__ import annotations

@@ -29,6 +29,9 @@ A part read at that concat is the scaled state (ODISE stores the tensor, then sc
 
 GeoAware-SC's three maps (LDM ``output_blocks`` 2, 5 and 8) are :data:`GEOAWARE_PARTS`: for a
 960 px SD 1.5 input, ``s3`` 640 ch at 1/16 (60²), ``s4`` 1280 ch at 1/32, ``s5`` 1280 ch at 1/64.
+
+One file on purpose (~570 lines): one backbone, its recipes, the U-Net hooks that read the
+parts and apply FreeU (they exist only for it) and its ``diffusers`` loading.
 """
 
 from __future__ import annotations

@@ -18,6 +18,10 @@ constant learning rate (``"none"``: AP-10k pre-training and PF-Pascal). Checkpoi
 history, so a killed run resumes exactly; ``best.safetensors`` holds the head at the best
 validation PCK, ``head.safetensors`` the last. Under ``torchrun`` the head is wrapped in
 ``DistributedDataParallel`` and each rank takes its share of every batch.
+
+One file on purpose (~600 lines): one training recipe, its configuration, pair loading, loss,
+loop and periodic evaluation; the augmented views already live apart
+(:mod:`semcorr.train.geoaware_views`).
 """
 
 from __future__ import annotations

@@ -137,6 +137,11 @@ class TestCheckpoints:
                                    next(v for k, v in raw.items() if k.endswith("clf.weight")))
 
     def test_random_model_round_trip(self, tmp_path: Path) -> None:
+        """semcorr's own net saved in the official checkpoint layout and reloaded through
+        ``create_local_features`` gives the same outputs as before saving, with the ImageNet
+        normalisation applied. Proves wiring only (save/load/normalise): both sides are
+        semcorr's code. Equivalence with the official naver/r2d2 network is checked in
+        test_r2d2_official.py."""
         torch.manual_seed(1)
         net = build_network("Quad_L2Net_ConfCFS", mchan=1, dim=16)
         _randomise_bn(net)

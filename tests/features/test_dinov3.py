@@ -1,4 +1,9 @@
-"""DINOv3 backbones: save_pretrained folders against transformers' own forward."""
+"""DINOv3 backbones: loading save_pretrained folders, layout and errors.
+
+The equivalence test here feeds the same normalised tensor to semcorr and to the transformers
+model semcorr wraps, so it proves wiring only (which hidden state, which tokens dropped, the
+reshape). The independent check, from the image file through transformers' own image
+processor, is in test_processor_reference.py."""
 
 from __future__ import annotations
 
@@ -36,6 +41,8 @@ def test_registered() -> None:
 
 @pytest.mark.parametrize("layer", [-1, 0])
 def test_equals_transformers_forward(tiny_dir: Path, layer: int) -> None:
+    """Proves wiring only: semcorr's tokens of block ``layer`` equal the wrapped model's
+    hidden state ``layer + 1`` on the same tensor (no resize, pad or normalisation involved)."""
     backbone = create_backbone("dinov3_vitb16", weights=str(tiny_dir), layer=layer, num_patches=3)
     assert backbone.info.stride == 16 and backbone.info.image_size == 48
     images = torch.rand(2, 3, 48, 48, generator=torch.Generator().manual_seed(0))

@@ -1,4 +1,8 @@
-"""SAM image encoder: a tiny SamModel folder against transformers' own forward."""
+"""SAM image encoder: loading a tiny SamModel folder, outputs, layout and errors.
+
+The equivalence tests here feed the same normalised tensor to semcorr and to the transformers
+model semcorr wraps, so they prove wiring only. The independent check, from the image file
+through SAM's own image processor, is in test_processor_reference.py."""
 
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ def test_registered() -> None:
 
 
 def test_neck_equals_image_embeddings(tiny_dir: Path, reference) -> None:  # noqa: ANN001
+    """Proves wiring only: the ``neck`` output is the wrapped model's image embeddings."""
     backbone = create_backbone("sam_vit_b", weights=str(tiny_dir))
     assert backbone.info.stride == 16 and backbone.info.image_size == 64
     images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
@@ -43,6 +48,7 @@ def test_neck_equals_image_embeddings(tiny_dir: Path, reference) -> None:  # noq
 
 
 def test_vit_tokens(tiny_dir: Path, reference) -> None:  # noqa: ANN001
+    """Proves wiring only: the ``vit`` output is the wrapped encoder's last hidden state."""
     backbone = create_backbone("sam_vit_b", weights=str(tiny_dir), output="vit")
     images = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():

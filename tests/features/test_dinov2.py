@@ -175,6 +175,11 @@ class TestOfficialCheckpoint:
     def test_conversion_matches_official_forward(
         self, tmp_path: Path, registers: int, swiglu: bool, suffix: str
     ) -> None:
+        """An official-layout checkpoint (torch-hub key names) converted by semcorr equals
+        ``reference_official_dinov2``, a functional forward written in tiny_models.py from the
+        official architecture on the raw state dict: independent of semcorr's key conversion
+        and of transformers, but a re-statement, not the official code (which runs in
+        test_geoaware_recipe.py::test_dino_interpolation_equals_official)."""
         state = official_dinov2_state(registers=registers, swiglu=swiglu)
         path = tmp_path / f"dinov2_vitb14_pretrain{suffix}"
         if suffix == ".pth":
@@ -194,7 +199,12 @@ class TestOfficialCheckpoint:
         torch.testing.assert_close(ours, expected, atol=ATOL, rtol=0)
 
     def test_interpolation_matches_transformers(self, tmp_path: Path) -> None:
-        """At a non-native size the converted model equals transformers' own interpolation."""
+        """Proves wiring only: at a non-native size (7 x 7 patches from a 4 x 4 pretraining
+        grid) semcorr's default path equals transformers' Dinov2Model, the library it calls,
+        with its own position-embedding interpolation. The independent check against the
+        official facebookresearch/dinov2 ``interpolate_pos_encoding`` is
+        test_geoaware_recipe.py::test_dino_interpolation_equals_official (it also shows that
+        transformers' rule differs from the official one without registers)."""
         from transformers import Dinov2Model
 
         from semcorr.features.dinov2 import convert_dinov2_checkpoint

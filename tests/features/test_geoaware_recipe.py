@@ -288,7 +288,10 @@ def _official_dinov2(state: dict[str, torch.Tensor], registers: int) -> torch.nn
 def test_dino_interpolation_equals_official(tmp_path: Path, registers: int) -> None:
     """DINOv2 at 280 px (20² patches; GeoAware: 840 px, 60²) from a 4×4 pretraining grid:
     pos_interpolation="official" equals the official model's last-block patch tokens before the
-    norm; transformers' rule does not (without registers)."""
+    norm; transformers' rule does not (without registers). Reference: the official
+    DinoVisionTransformer and its ``interpolate_pos_encoding``, imported from
+    ../shared/reference/facebookresearch+dinov2 and loaded with the raw official-layout state
+    dict (semcorr converts it for transformers): no code in common with semcorr."""
     from tiny_models import official_dinov2_state
 
     state = official_dinov2_state(registers=registers)

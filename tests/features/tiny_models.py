@@ -152,7 +152,9 @@ def _layer_norm(x: torch.Tensor, state: dict[str, torch.Tensor], key: str) -> to
 def reference_official_dinov2(
     state: dict[str, torch.Tensor], images: torch.Tensor, heads: int, upto: int
 ) -> torch.Tensor:
-    """An independent functional forward of the official layout at the native resolution.
+    """A functional forward of the official DINOv2 layout at the native resolution, written
+    here from the architecture (not imported from facebookresearch/dinov2, and sharing no code
+    with semcorr's conversion or with transformers).
 
     Returns the tokens ``(B, 1 + R + N, C)`` output by block ``upto`` (before the final norm).
     """

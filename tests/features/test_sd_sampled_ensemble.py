@@ -1,10 +1,11 @@
 """SD4Match's evaluation-time features: a sampled VAE latent and fresh noise per image and
 draw, averaged over the ensemble (``latent="sample"``, ``noise="fresh"``).
 
-The reference follows SD4Match's ``SDFeatureExtraction.forward`` step by step on diffusers'
-own modules, drawing from one seeded generator in the official order: ``latent_dist.sample()``
-for the batch, ``repeat_interleave`` over the ensemble, ``randn_like`` noise, ``add_noise``,
-the U-Net, then the mean over each image's draws.
+The reference, a re-statement written in this test (not the official file) that shares no code
+with semcorr, follows SD4Match's ``SDFeatureExtraction.forward`` step by step on diffusers' own
+modules, drawing from one seeded generator in the official order: ``latent_dist.sample()`` for
+the batch, ``repeat_interleave`` over the ensemble, ``randn_like`` noise, ``add_noise``, the
+U-Net, then the mean over each image's draws.
 """
 
 from __future__ import annotations

@@ -1,4 +1,9 @@
-"""Stable Diffusion U-Net features: a tiny diffusers folder against diffusers' own forward."""
+"""Stable Diffusion U-Net features: a tiny diffusers folder against diffusers' own forward.
+
+The reference is the library semcorr wraps, with the parts read at a different place (the
+outputs of the layers before them, not semcorr's hooks): this checks which layers are read,
+the noising and the text conditioning, not that a recipe equals a published one (GeoAware-SC's
+recipe is compared with the official ODISE code in test_geoaware_recipe.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,9 @@
-"""GeoAware-SC's aggregation network: official keys, parameter count, forward parity."""
+"""GeoAware-SC's aggregation network: official keys, parameter count, forward parity.
+
+The forward is compared with ``reference_forward``, a functional re-statement written here from
+the published description (independent of semcorr's module, but not the official code). The
+released ``AggregationNetwork`` itself runs in tests/train/test_geoaware_official.py, whose
+loss and gradients through it equal semcorr's."""
 
 from __future__ import annotations
 
@@ -47,7 +52,8 @@ def random_state(dims=OFFICIAL_DIMS, proj=768, seed=0) -> dict[str, torch.Tensor
 
 
 def reference_forward(state: dict[str, torch.Tensor], x: torch.Tensor, dims, groups=32):
-    """The network written out with functional ops on the state dict."""
+    """The network written out with functional ops on the state dict (a re-statement from the
+    published description, sharing no code with semcorr's module)."""
     def conv_norm(name, inp):
         w = state[name + ".weight"]
         out = F.conv2d(inp, w, padding=w.shape[-1] // 2)

@@ -170,6 +170,15 @@ def test_roundtrip_every_storage(tmp_path: Path, storage: str, compress: bool) -
     assert entry.original_size == (30, 20)
 
 
+def test_transform_anchor_and_fill_round_trip(tmp_path: Path) -> None:
+    """SAM's transform (top-left content, mean padding) comes back as written."""
+    cache = _make_cache(tmp_path / "c", "float32")
+    transform = ResizePad(30, 20, 16, 4, anchor="top_left", fill=(0.485, 0.456, 0.406))
+    cache.put("x", _features("x", 1), transform)
+    entry = FeatureCache(tmp_path / "c").entry("x")
+    assert entry is not None and entry.transform == transform
+
+
 @pytest.mark.parametrize(("storage", "native"), [("float16", torch.float16),
                                                  ("bfloat16", torch.bfloat16),
                                                  ("int8", torch.float32)])

@@ -80,3 +80,22 @@ def test_warp_image_agrees_with_warp_points() -> None:
         centroid = torch.stack([(out * xs).sum(), (out * ys).sum()]) / out.sum()
         expected = warp_points(torch.tensor([41.0, 21.0]), matrix)
         assert (centroid - expected).abs().max() < 0.1
+
+
+def test_top_left_anchor_and_fill() -> None:
+    """SAM's placement: content at the top-left, padding of a given per-channel value; points
+    and valid cells follow the placement."""
+    t = ResizePad(40, 20, 16, 4, anchor="top_left", fill=(0.25, 0.5, 0.75))
+    assert t.resized == (16, 8) and t.pad == (0, 0)
+    image = torch.rand(1, 3, 20, 40)
+    out = t.apply(image)
+    centred = ResizePad(40, 20, 16, 4).apply(image)
+    torch.testing.assert_close(out[..., :8, :], centred[..., 4:12, :])
+    assert torch.equal(out[0, :, 8:, :], torch.tensor([0.25, 0.5, 0.75]).view(3, 1, 1)
+                       .expand(3, 8, 16))
+    points = torch.tensor([[0.0, 0.0], [39.0, 19.0]])
+    torch.testing.assert_close(t.from_input(t.to_input(points)), points)
+    assert t.to_input(points)[0].tolist() == [-0.30000001192092896, -0.30000001192092896]
+    assert t.valid_cells().nonzero()[:, 0].max() == 1  # rows 0-1 of 4 hold content
+    with pytest.raises(ValueError, match="anchor"):
+        ResizePad(40, 20, 16, 4, anchor="middle")

@@ -2,7 +2,10 @@
 
 Names: ``sam_vit_b``, ``sam_vit_l``, ``sam_vit_h`` (hub ``facebook/sam-vit-{base,large,huge}``
 or a ``save_pretrained`` folder). SAM's ViT has absolute position embeddings of a fixed grid, so
-the input size is the checkpoint's (1024 px → 64² cells of 16 px). Outputs:
+the input size is the checkpoint's (1024 px → 64² cells of 16 px). The image is prepared as
+SAM's own processor does: long side resized to that size, content at the top-left corner,
+padding at the bottom/right that is zero after normalisation (the ImageNet mean before it),
+not semcorr's default centred black padding. Outputs:
 
 * ``neck`` (default): the image embedding after SAM's neck, ``(B, 256, 64, 64)``;
 * ``vit``: the last ViT block's tokens before the neck, ``(B, 768|1024|1280, 64, 64)``.
@@ -19,6 +22,7 @@ from semcorr.conventions import check_shape
 from semcorr.errors import InputError, WeightsError
 from semcorr.features.base import PRECISIONS, Backbone, BackboneInfo, autocast, register_backbone
 from semcorr.features.dinov2 import IMAGENET_MEAN, IMAGENET_STD
+from semcorr.geometry import ResizePad
 from semcorr.hub import WeightsSource, load_from_pretrained, resolve_weights
 
 __all__ = ["SAM_HUB_IDS", "SAM_LICENSE", "SamEncoder", "create_sam"]
@@ -53,6 +57,12 @@ class SamEncoder(Backbone):
         self.info = info
         self.output = output
         self.precision = precision
+
+    def transform_for(self, width: int, height: int) -> ResizePad:
+        """SAM's placement: top-left content, padding equal to the mean (zero once
+        normalised)."""
+        return ResizePad(width, height, self.info.image_size, self.info.stride,
+                         anchor="top_left", fill=tuple(self.info.mean))
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """SAM features of normalised images.

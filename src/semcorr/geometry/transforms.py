@@ -12,9 +12,9 @@ __all__ = ["ResizePad", "Stretch", "flip_points", "rot90_points", "inside_image"
 
 @dataclass(frozen=True)
 class ResizePad:
-    """Resize an image so that its long side is ``size`` (aspect kept), then zero-pad it to a
-    ``size x size`` square, centred; a backbone of stride ``stride`` then sees a feature grid of
-    ``size / stride`` cells per side.
+    """Resize an image so that its long side is ``size`` (aspect kept), then pad it to a
+    ``size x size`` square (centred with zeros by default); a backbone of stride ``stride`` then
+    sees a feature grid of ``size / stride`` cells per side.
 
     Points map as ``x_in = (x + 0.5) * scale - 0.5 + pad_left``: the pixel-centre convention is
     kept through the resize.
@@ -23,12 +23,22 @@ class ResizePad:
         width, height: size of the original image in pixels.
         size: side of the square backbone input in pixels.
         stride: pixels of input per feature cell.
+        anchor: ``"center"`` (padding split on both sides) or ``"top_left"`` (content at the
+            top-left corner, padding at the bottom/right, as SAM's own preprocessing).
+        fill: per-channel value of the padding in the image's units (``None``: zeros); e.g. the
+            normalisation mean, so that the padding is zero after normalisation (SAM).
     """
 
     width: int
     height: int
     size: int
     stride: int = 1
+    anchor: str = "center"
+    fill: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.anchor not in ("center", "top_left"):
+            raise ValueError(f"anchor must be 'center' or 'top_left', got {self.anchor!r}")
 
     @property
     def scale(self) -> float:
@@ -46,6 +56,8 @@ class ResizePad:
     @property
     def pad(self) -> tuple[int, int]:
         """(left, top) padding in input pixels."""
+        if self.anchor == "top_left":
+            return 0, 0
         w, h = self.resized
         return (self.size - w) // 2, (self.size - h) // 2
 
@@ -84,7 +96,8 @@ class ResizePad:
 
     def apply(self, image: torch.Tensor) -> torch.Tensor:
         """Resize and pad an image ``(B, C, H, W)`` (``H, W`` = original size) to
-        ``(B, C, size, size)`` with antialiased bilinear resampling and zero padding."""
+        ``(B, C, size, size)`` with antialiased bilinear resampling and padding (zeros, or
+        ``fill``)."""
         if image.shape[-2:] != (self.height, self.width):
             raise ValueError(
                 f"image is {tuple(image.shape[-2:])} (h, w), transform expects "
@@ -95,7 +108,12 @@ class ResizePad:
             image, size=(h, w), mode="bilinear", align_corners=False, antialias=True
         )
         left, top = self.pad
-        return F.pad(resized, (left, self.size - w - left, top, self.size - h - top))
+        if self.fill is None:
+            return F.pad(resized, (left, self.size - w - left, top, self.size - h - top))
+        canvas = resized.new_tensor(self.fill).view(1, -1, 1, 1)
+        canvas = canvas.expand(image.shape[0], image.shape[1], self.size, self.size).clone()
+        canvas[..., top : top + h, left : left + w] = resized
+        return canvas
 
     def valid_cells(self, device: torch.device | None = None) -> torch.Tensor:
         """Boolean mask ``(h, w)`` of feature cells whose centre lies on image content."""

@@ -127,7 +127,9 @@ class CacheEntry:
     def transform(self) -> ResizePad:
         """The resize/pad transform between the original image and the feature grid."""
         t = self.meta["transform"]
-        return ResizePad(t["width"], t["height"], t["size"], t["stride"])
+        fill = t.get("fill")  # entries written before anchor/fill existed: centred, zeros
+        return ResizePad(t["width"], t["height"], t["size"], t["stride"],
+                         t.get("anchor", "center"), None if fill is None else tuple(fill))
 
     def _read(self, key: str) -> torch.Tensor:
         """Read one stored tensor and check its checksum."""

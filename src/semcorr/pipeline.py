@@ -351,7 +351,8 @@ class Matcher:
         size = self.batch_size_for(source, points.shape[0])
         results: list[MatchResult] = []
         batch: list[torch.Tensor] = []
-        stream = prefetch(target_images, decode_target, self.workers, size + self.workers)
+        workers = self._decoders(target_images)
+        stream = prefetch(target_images, decode_target, workers, size + workers)
         with closing(stream):
             for image in stream:
                 if not isinstance(image, TargetFeatures):
@@ -389,7 +390,8 @@ class Matcher:
         check_shape(source_image, "3 H W", "source image")
         masks = list(target_masks) if target_masks is not None else None
         results: list[MatchResult] = []
-        targets = prefetch(target_images, decode_target, self.workers, 1 + self.workers)
+        workers = self._decoders(target_images)
+        targets = prefetch(target_images, decode_target, workers, 1 + workers)
         with closing(targets):
             for index, target in enumerate(targets):
                 if isinstance(target, TargetFeatures):
@@ -402,6 +404,14 @@ class Matcher:
                 if progress is not None:
                     progress(1)
         return results
+
+    def _decoders(self, targets: Iterable[object]) -> int:
+        """Decoding threads for ``targets``: none for a list holding no path (nothing to
+        decode, e.g. one pair at a time in evaluation), else ``workers``."""
+        if isinstance(targets, Sequence) and not any(
+                isinstance(t, (str, os.PathLike)) for t in targets):
+            return 0
+        return self.workers
 
     def batch_size_for(self, source: SourceFeatures, queries: int) -> int:
         """Targets per batch: ``batch_size``, or when ``None`` the memory rule of

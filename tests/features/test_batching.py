@@ -25,13 +25,14 @@ def test_per_target_bytes_by_hand() -> None:
 
 
 @pytest.mark.parametrize("budget, expected", [
-    (10 * 1000 + 999, 10),  # floor of the budget over one target
+    (7 * 1000 + 999, 7),  # floor of the budget over one target
     (999, 1),  # never below one target
-    (10**12, MAX_BATCH),  # never above the cap
+    (10**12, MAX_BATCH["cpu"]),  # never above the cap
 ])
 def test_auto_batch_size_rule(budget: int, expected: int) -> None:
     assert auto_batch_size(1000, budget) == expected
     assert auto_batch_size(1000, 10**12, max_batch=5) == 5
+    assert auto_batch_size(1000, 10**12, device="meta") == MAX_BATCH["other"] == 32
 
 
 def test_auto_batch_size_defaults_to_half_the_free_memory(monkeypatch: pytest.MonkeyPatch

@@ -109,6 +109,14 @@ def test_matcher_paths_decoded_ahead_equal_images(scene: dict) -> None:
         assert torch.equal(a.points, b.points) and torch.equal(a.scores, b.scores)
 
 
+def test_matcher_decodes_in_threads_only_what_may_be_paths(scene: dict) -> None:
+    matcher = Matcher(_backbone(), workers=3)
+    image = torch.rand(3, 8, 8)
+    assert matcher._decoders([image, image]) == 0  # nothing to decode: no pool
+    assert matcher._decoders([image, scene["source"]]) == 3
+    assert matcher._decoders(iter([image])) == 3  # a stream may yield paths
+
+
 def test_matcher_names_a_bad_path(scene: dict) -> None:
     with pytest.raises(ImageError, match="target3.png"):
         Matcher(_backbone(), batch_size=2, workers=2).match(

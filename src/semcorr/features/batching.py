@@ -10,13 +10,13 @@ size is given)::
                                              temporaries, Q = query points matched per target
     budget     = the given budget, else HALF the memory available now (MemAvailable of the
                  host, or the free memory of the CUDA device)
-    batch      = clamp(budget // per_target, 1, MAX_BATCH)
+    batch      = clamp(budget // per_target, 1, MAX_BATCH[device type])
 
 ``C, h, w`` and the element size ``e`` are read from features the backbone already produced
 (the source's), ``S`` is the backbone's input side; ``FACTOR`` (4) covers the backbone's own
-activations, which live only during its forward. ``MAX_BATCH`` (32) is the best batch size in
-the sense that larger batches stop paying: a batch already keeps every core busy, and only
-adds latency between results written to disk.
+activations, which live only during its forward. ``MAX_BATCH`` is where larger batches stop
+paying: 8 on a CPU (whose cores one batch of a few images already keeps busy; more only grows
+the memory and the latency between results written to disk), 32 on an accelerator.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ __all__ = ["FACTOR", "MAX_BATCH", "auto_batch_size", "available_memory", "per_ta
 
 #: Multiplier on the estimate of one target's tensors (the backbone's activations).
 FACTOR = 4
-#: Largest batch the rule picks.
-MAX_BATCH = 32
+#: Largest batch the rule picks, per device type (``cpu``; anything else: ``other``).
+MAX_BATCH: dict[str, int] = {"cpu": 8, "other": 32}
 
 
 def per_target_bytes(features: torch.Tensor, image_size: int, queries: int) -> int:
@@ -65,14 +65,14 @@ def available_memory(device: torch.device | str = "cpu") -> int:
 
 
 def auto_batch_size(per_target: int, budget: int | None = None,
-                    device: torch.device | str = "cpu", max_batch: int = MAX_BATCH) -> int:
+                    device: torch.device | str = "cpu", max_batch: int | None = None) -> int:
     """Targets per batch that fit in ``budget`` bytes (default: half the available memory).
 
     Args:
         per_target: bytes one target needs (:func:`per_target_bytes`).
         budget: memory the batch may use; ``None`` = half of :func:`available_memory`.
         device: where the batch runs (whose memory is asked for when ``budget`` is ``None``).
-        max_batch: the largest batch returned.
+        max_batch: the largest batch returned (default: :data:`MAX_BATCH` of the device).
 
     Returns:
         ``clamp(budget // per_target, 1, max_batch)``.
@@ -80,4 +80,7 @@ def auto_batch_size(per_target: int, budget: int | None = None,
     if per_target < 1:
         raise ValueError(f"per_target must be a positive number of bytes, got {per_target}")
     budget = available_memory(device) // 2 if budget is None else budget
+    if max_batch is None:
+        kind = torch.device(device).type
+        max_batch = MAX_BATCH["cpu" if kind == "cpu" else "other"]
     return max(1, min(max_batch, int(budget) // per_target))

@@ -132,7 +132,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="cycle radius as a fraction of the source's longer side")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="targets per batch (default: as many as fit in --memory-budget, "
-                             "at most 32)")
+                             "at most 8 on a CPU, 32 on a GPU)")
     parser.add_argument("--memory-budget", type=float, default=None, metavar="GB",
                         help="memory a batch may use, for the automatic batch size "
                              "(default: half the memory available)")

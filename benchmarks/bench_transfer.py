@@ -10,12 +10,16 @@ lowest-scored 20 %.
 Run (one command, 2 to 10 minutes with dense-sift on 2 shared CPU cores)::
 
     python benchmarks/bench_transfer.py --splits 3 [--backbone dense-sift] [--no-cycle]
+
+``python benchmarks/bench_transfer.py speed [...]`` runs the speed and memory benchmark of
+streaming transfer instead (``bench_transfer_speed.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -94,7 +98,11 @@ def run(args: argparse.Namespace) -> None:
               f"{len(kept)}/{len(table)} |")
 
 
-if __name__ == "__main__":
+if __name__ == "__main__" and sys.argv[1:2] == ["speed"]:
+    from bench_transfer_speed import run as run_speed
+
+    run_speed(sys.argv[2:])
+elif __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="dense-sift")
     parser.add_argument("--refine", default="window")

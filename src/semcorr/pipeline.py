@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 
 import torch
@@ -20,7 +22,10 @@ import torch.nn.functional as F
 from semcorr.conventions import check_shape
 from semcorr.errors import InputError
 from semcorr.features.base import Backbone
+from semcorr.features.batching import auto_batch_size, per_target_bytes
 from semcorr.geometry import ResizePad, inside_image
+from semcorr.io import load_image
+from semcorr.io.stream import prefetch
 from semcorr.match.pose import (
     FLIPPING_POSES,
     NO_PARTNER,
@@ -129,11 +134,17 @@ class Matcher:
         pose_align: choose among ``poses`` per target by instance matching distance.
         poses: pose candidates tried when ``pose_align`` (``identity`` always included; the
             quarter turns are an extension of GeoAware-SC, which tries the flip only).
-        batch_size: targets per forward pass.
+        batch_size: targets per forward pass; ``None`` picks it by the memory rule of
+            :mod:`semcorr.features.batching` (from the source's feature size and the free memory).
         pose_grid: side of the grid the instance-mask distance is computed on.
         pose_distance: ``auto`` (the instance-mask distance where the source and every target
             of a batch have masks, else mutual nearest neighbours), ``mask`` (masks required)
             or ``mutual-nn`` (see :mod:`semcorr.match.pose`).
+        workers: threads decoding target images given as paths while the backbone runs
+            (:func:`~semcorr.io.stream.prefetch`); ``0`` decodes each one when its batch is
+            filled. The results are the same either way.
+        memory_budget: bytes a batch may use for the automatic batch size (default: half the
+            available memory).
 
     Example:
         >>> matcher = Matcher(create_backbone("dense-sift"), refine="window")
@@ -148,9 +159,11 @@ class Matcher:
         temperature: float | None = None,
         pose_align: bool = False,
         poses: Sequence[str] = ("identity", "hflip"),
-        batch_size: int = 8,
+        batch_size: int | None = None,
         pose_grid: int = 64,
         pose_distance: str = "auto",
+        workers: int = 2,
+        memory_budget: int | None = None,
     ) -> None:
         self.backbone = backbone.eval()
         self.refiner = refine if isinstance(refine, Refiner) else refiner_with_options(
@@ -158,9 +171,13 @@ class Matcher:
         )
         self.pose_align = pose_align
         self.poses = check_poses(poses) if pose_align else ("identity",)
-        if batch_size < 1:
+        if batch_size is not None and batch_size < 1:
             raise InputError("batch_size must be at least 1")
+        if workers < 0:
+            raise InputError("workers must be 0 or more")
         self.batch_size = batch_size
+        self.workers = workers
+        self.memory_budget = memory_budget
         self.pose_grid = pose_grid
         if pose_distance not in POSE_DISTANCES:
             raise InputError(f"pose distance must be one of {', '.join(POSE_DISTANCES)}, not "
@@ -282,8 +299,9 @@ class Matcher:
 
         Args:
             source_image: ``(3, H, W)`` in [0, 1], or features from :meth:`source_features`.
-            target_images: iterable of ``(3, H_i, W_i)`` images (streamed in batches), or of
-                :class:`TargetFeatures` from :meth:`target_features`.
+            target_images: iterable of ``(3, H_i, W_i)`` images, of image file paths (decoded
+                by ``workers`` threads ahead of the backbone, at most one batch ahead), or of
+                :class:`TargetFeatures` from :meth:`target_features`; streamed in batches.
             source_points: ``(N, 2)`` (x, y) in source pixels.
             flip_permutation: optional ``(N,)`` left/right partner row of each point, used by
                 flipped pose candidates: ``-1`` (:data:`~semcorr.match.pose.NO_PARTNER`) for a
@@ -330,18 +348,22 @@ class Matcher:
         perm, flip_keep = self.check_permutation(flip_permutation, points.shape[0])
         descriptors = self.query_descriptors(source, points, perm)  # (K, N, C)
         masks = list(target_masks) if target_masks is not None else None
+        size = self.batch_size_for(source, points.shape[0])
         results: list[MatchResult] = []
         batch: list[torch.Tensor] = []
-        for image in target_images:
-            if not isinstance(image, TargetFeatures):
-                check_shape(image, "3 H W", "target image")
-            batch.append(image)
-            if len(batch) == self.batch_size:
-                results.extend(self._match_batch(source, descriptors, flip_keep, batch,
-                                                 _slice(masks, len(results), len(batch))))
-                batch = []
-                if progress is not None:
-                    progress(self.batch_size)
+        workers = self._decoders(target_images)
+        stream = prefetch(target_images, decode_target, workers, size + workers)
+        with closing(stream):
+            for image in stream:
+                if not isinstance(image, TargetFeatures):
+                    check_shape(image, "3 H W", "target image")
+                batch.append(image)
+                if len(batch) == size:
+                    results.extend(self._match_batch(source, descriptors, flip_keep, batch,
+                                                     _slice(masks, len(results), len(batch))))
+                    batch = []
+                    if progress is not None:
+                        progress(size)
         if batch:
             results.extend(self._match_batch(source, descriptors, flip_keep, batch,
                                              _slice(masks, len(results), len(batch))))
@@ -368,17 +390,37 @@ class Matcher:
         check_shape(source_image, "3 H W", "source image")
         masks = list(target_masks) if target_masks is not None else None
         results: list[MatchResult] = []
-        for index, target in enumerate(target_images):
-            if isinstance(target, TargetFeatures):
-                raise InputError(f"{name}: the features depend on the pair; give target "
-                                 "images, not precomputed features")
-            check_shape(target, "3 H W", "target image")
-            view = self.conditioned(pair=(source_image, target), category=category)
-            results.extend(view.match(source_image, [target], source_points, flip_permutation,
-                                      None, source_mask, _slice(masks, index, 1)))
-            if progress is not None:
-                progress(1)
+        workers = self._decoders(target_images)
+        targets = prefetch(target_images, decode_target, workers, 1 + workers)
+        with closing(targets):
+            for index, target in enumerate(targets):
+                if isinstance(target, TargetFeatures):
+                    raise InputError(f"{name}: the features depend on the pair; give target "
+                                     "images, not precomputed features")
+                check_shape(target, "3 H W", "target image")
+                view = self.conditioned(pair=(source_image, target), category=category)
+                results.extend(view.match(source_image, [target], source_points, flip_permutation,
+                                          None, source_mask, _slice(masks, index, 1)))
+                if progress is not None:
+                    progress(1)
         return results
+
+    def _decoders(self, targets: Iterable[object]) -> int:
+        """Decoding threads for ``targets``: none for a list holding no path (nothing to
+        decode, e.g. one pair at a time in evaluation), else ``workers``."""
+        if isinstance(targets, Sequence) and not any(
+                isinstance(t, (str, os.PathLike)) for t in targets):
+            return 0
+        return self.workers
+
+    def batch_size_for(self, source: SourceFeatures, queries: int) -> int:
+        """Targets per batch: ``batch_size``, or when ``None`` the memory rule of
+        :mod:`semcorr.features.batching` for this source's feature size and ``queries``
+        points per target."""
+        if self.batch_size is not None:
+            return self.batch_size
+        need = per_target_bytes(source.features, self.backbone.image_size, queries)
+        return auto_batch_size(need, self.memory_budget, source.features.device)
 
     def choose_poses(
         self,
@@ -501,6 +543,15 @@ class Matcher:
         flipping = torch.tensor([p in FLIPPING_POSES for p in poses], device=chosen.device)
         identity = flipping[chosen][:, None] & ~flip_keep[None, :]  # (B, N)
         return torch.where(identity[..., None], descriptors[0][None], descriptors[chosen])
+
+
+def decode_target(item: torch.Tensor | TargetFeatures | str | os.PathLike[str]
+                  ) -> torch.Tensor | TargetFeatures:
+    """A target as :meth:`Matcher.match` uses it: a path is decoded (:func:`load_image`),
+    anything else is passed through."""
+    if isinstance(item, (str, os.PathLike)):
+        return load_image(item)
+    return item
 
 
 def _slice(masks: list[torch.Tensor | None] | None, start: int, count: int

@@ -72,7 +72,7 @@ def run_match(
     bar = tqdm(total=len(target_paths), unit="image", disable=not show_progress or
                len(target_paths) < 2, desc="matching")
     results = matcher.match(
-        source, (load_image(t) for t in target_paths), points, progress=bar.update
+        source, list(target_paths), points, progress=bar.update
     )
     bar.close()
     out_dir.mkdir(parents=True, exist_ok=True)

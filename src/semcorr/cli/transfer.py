@@ -48,7 +48,9 @@ def run_transfer(args: argparse.Namespace) -> Path:
         backbone = backbone_from_args(args)
         refine = refine_settings(args, backbone)
         config = TransferConfig(
-            batch_size=args.batch_size, refine=refine["name"], window=refine["radius"],
+            batch_size=args.batch_size, workers=args.workers,
+            memory_budget=None if args.memory_budget is None else int(args.memory_budget * 2**30),
+            refine=refine["name"], window=refine["radius"],
             temperature=refine["temperature"], sigma=refine["sigma"],
             kernel_weighting=refine["weighting"], pose_align=args.pose_align,
             min_score=args.min_score, cycle=not args.no_cycle, cycle_radius=args.cycle_radius,
@@ -128,7 +130,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="skip the target -> source cycle-consistency check")
     parser.add_argument("--cycle-radius", type=float, default=0.1,
                         help="cycle radius as a fraction of the source's longer side")
-    parser.add_argument("--batch-size", type=int, default=8, help="targets per batch")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="targets per batch (default: as many as fit in --memory-budget, "
+                             "at most 8 on a CPU, 32 on a GPU)")
+    parser.add_argument("--memory-budget", type=float, default=None, metavar="GB",
+                        help="memory a batch may use, for the automatic batch size "
+                             "(default: half the memory available)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="threads decoding the next images while the model runs "
+                             "(0 = none; default 2)")
     parser.add_argument("--cache", default=None, help="feature cache folder for the targets")
     parser.add_argument("--cache-dtype", default="float16",
                         help="storage type of a new feature cache (default float16)")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -50,6 +51,37 @@ def pixel_cap() -> int:
     return value
 
 
+_BOMB_FILTER = ("error", None, Image.DecompressionBombWarning, None, 0)
+_bomb_lock = threading.Lock()
+_bomb_users = 0
+
+
+@contextmanager
+def _bomb_warnings_refused() -> Iterator[None]:
+    """PIL's decompression-bomb warning raised as an error inside the block.
+
+    Safe when several threads decode at once (see :mod:`semcorr.io.stream`), unlike
+    ``warnings.catch_warnings``, which saves and restores the process-wide filter list and so
+    can drop another thread's filter mid-decode: the first thread in adds one filter for that
+    one warning, the last one out removes it; nothing else in the filter list is touched.
+    """
+    global _bomb_users
+    with _bomb_lock:
+        if _bomb_users == 0:
+            warnings.filters.insert(0, _BOMB_FILTER)
+            warnings._filters_mutated()  # type: ignore[attr-defined]  # as filterwarnings does
+        _bomb_users += 1
+    try:
+        yield
+    finally:
+        with _bomb_lock:
+            _bomb_users -= 1
+            if _bomb_users == 0:
+                if _BOMB_FILTER in warnings.filters:
+                    warnings.filters.remove(_BOMB_FILTER)
+                warnings._filters_mutated()  # type: ignore[attr-defined]
+
+
 @contextmanager
 def open_image(source: str | os.PathLike[str] | bytes, label: str | None = None,
                limit: int | None = None) -> Iterator[Image.Image]:
@@ -75,8 +107,7 @@ def open_image(source: str | os.PathLike[str] | bytes, label: str | None = None,
         if not path.is_file():
             raise ImageError(f"{name}: no such image file")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with _bomb_warnings_refused():
             image = Image.open(stream)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(f"{name}: refused as a possible decompression bomb ({exc})") from None
@@ -139,8 +170,7 @@ def load_pil(path: str | os.PathLike[str], max_pixels: int | None = None) -> Ima
     """
     with open_image(path, limit=max_pixels) as image:
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with _bomb_warnings_refused():
                 image.load()
                 oriented = ImageOps.exif_transpose(image)
             return to_rgb8(oriented)

@@ -3,8 +3,10 @@ batches, write one part per batch, and assemble the output (rank 0)."""
 
 from __future__ import annotations
 
+import itertools
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ import torch
 from semcorr.errors import ImageError, InputError
 from semcorr.features.base import Backbone
 from semcorr.io import atomic_write_json, load_image, quick_stamp
+from semcorr.io.stream import prefetch
 from semcorr.match.refine import refiner_with_options
 from semcorr.pipeline import Matcher
 from semcorr.transfer.annotations import TransferSources, list_images, load_annotations
@@ -26,20 +29,31 @@ __all__ = ["main"]
 # --- the stage -----------------------------------------------------------------------------------
 
 
-def _batches(items: Sequence[Path], size: int) -> Iterator[list[Path]]:
-    for start in range(0, len(items), size):
-        yield list(items[start:start + size])
+def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """Consecutive lists of ``size`` items (the last one shorter), read lazily."""
+    iterator = iter(items)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
 
 
-def _load_batch(paths: Sequence[Path]) -> tuple[list[Path], list[torch.Tensor], dict[str, Any]]:
-    """Images of a batch; unreadable ones are reported, not fatal."""
+def _try_load(path: Path) -> torch.Tensor | str:
+    """The image of ``path``, or the message saying why it cannot be read (not fatal)."""
+    try:
+        return load_image(path)
+    except (ImageError, InputError) as exc:
+        return str(exc)
+
+
+def _split_batch(batch: Sequence[tuple[Path, torch.Tensor | str]]
+                 ) -> tuple[list[Path], list[torch.Tensor], dict[str, Any]]:
+    """The readable targets of a batch and their images, and the records of the others."""
     ok, images, errors = [], [], {}
-    for path in paths:
-        try:
-            images.append(load_image(path))
+    for path, image in batch:
+        if isinstance(image, str):
+            errors[str(path)] = {"error": image}
+        else:
             ok.append(path)
-        except (ImageError, InputError) as exc:
-            errors[str(path)] = {"error": str(exc)}
+            images.append(image)
     return ok, images, errors
 
 
@@ -131,29 +145,54 @@ def _run(
     rank: int,
     indices: Sequence[int],
 ) -> None:
-    """Transfer to the pending targets, one atomically written part file per batch."""
+    """Transfer to the pending targets, one atomically written part file per batch.
+
+    The targets are decoded by ``config.workers`` threads while the backbone runs on the
+    previous batch (at most one batch ahead); batches, their order and their part files are
+    those of the sequential path (``workers=0``), so the output is the same byte for byte.
+    """
     refiner = refiner_with_options(config.refine, radius=config.window,
                                    temperature=config.temperature, sigma=config.sigma,
                                    weighting=config.kernel_weighting)
     matcher = Matcher(backbone, refine=refiner, pose_align=config.pose_align,
-                      batch_size=config.batch_size)
+                      batch_size=config.batch_size, workers=config.workers,
+                      memory_budget=config.memory_budget)
     perm = sources.schema.flip_permutation
     prepared = [_prepare_source(matcher, s, perm) for s in sources.sources]
+    size = matcher.batch_size_for(prepared[0].features,
+                                  len(prepared) * prepared[0].descriptors.shape[1])
     index_of = dict(zip(pending, indices, strict=True))
-    for batch in _batches(pending, config.batch_size):
-        paths, images, records = _load_batch(batch)
-        if paths:
-            if cache is not None:
-                features, transforms = _cached_target_features(backbone, cache, paths)
-            else:
-                features, transforms = backbone.extract(images)
-            with torch.inference_mode():
-                result = _transfer_batch(matcher, prepared, features, transforms, config)
-            for i, (path, transform) in enumerate(zip(paths, transforms, strict=True)):
-                records[str(path)] = _record(result, i, transform)
-        for path in batch:
-            records[str(path)]["stamp"] = quick_stamp(path)
-        name = f"part-{rank:03d}-{index_of[batch[0]]:07d}.json"
-        atomic_write_json(parts / name, {"targets": records}, indent=None)
-        if progress is not None:
-            progress(len(batch))
+    loaded = prefetch(pending, lambda p: (p, _try_load(p)), config.workers,
+                      size + config.workers)
+    with closing(loaded):
+        for pairs in _batches(loaded, size):
+            _write_batch(backbone, matcher, prepared, pairs, parts, config, cache,
+                         f"part-{rank:03d}-{index_of[pairs[0][0]]:07d}.json")
+            if progress is not None:
+                progress(len(pairs))
+
+
+def _write_batch(
+    backbone: Backbone,
+    matcher: Matcher,
+    prepared: Sequence[Any],
+    pairs: Sequence[tuple[Path, torch.Tensor | str]],
+    parts: Path,
+    config: TransferConfig,
+    cache: Any,
+    name: str,
+) -> None:
+    """Transfer to one batch of decoded targets and write its part file ``parts/name``."""
+    paths, images, records = _split_batch(pairs)
+    if paths:
+        if cache is not None:
+            features, transforms = _cached_target_features(backbone, cache, paths)
+        else:
+            features, transforms = backbone.extract(images)
+        with torch.inference_mode():
+            result = _transfer_batch(matcher, prepared, features, transforms, config)
+        for i, (path, transform) in enumerate(zip(paths, transforms, strict=True)):
+            records[str(path)] = _record(result, i, transform)
+    for path, _ in pairs:
+        records[str(path)]["stamp"] = quick_stamp(path)
+    atomic_write_json(parts / name, {"targets": records}, indent=None)

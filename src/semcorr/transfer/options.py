@@ -6,7 +6,11 @@ from dataclasses import dataclass
 
 from semcorr.options import finite_number, int_at_least, positive_number
 
-__all__ = ["TransferConfig"]
+__all__ = ["SPEED_OPTIONS", "TransferConfig"]
+
+#: Options that change how fast a job runs but not what it writes: left out of the job's
+#: fingerprint (a resumed job may use other values) and of the output's recorded config.
+SPEED_OPTIONS: tuple[str, ...] = ("batch_size", "workers", "memory_budget")
 
 
 # --- configuration -------------------------------------------------------------------------------
@@ -14,10 +18,17 @@ __all__ = ["TransferConfig"]
 
 @dataclass(frozen=True)
 class TransferConfig:
-    """Options of a transfer job (what determines its output; hashed to guard resumes).
+    """Options of a transfer job (what determines its output, hashed to guard resumes; the
+    :data:`SPEED_OPTIONS` are not hashed: they change the speed, not the output).
 
     Attributes:
-        batch_size: targets per forward pass.
+        batch_size: targets per forward pass; ``None`` = the memory rule of
+            :mod:`semcorr.features.batching` (from the sources' feature size, the points per
+            target and ``memory_budget``).
+        workers: threads decoding the next targets while the backbone runs (``0``: decode
+            each batch just before its forward, the sequential path; same output).
+        memory_budget: bytes a batch may use for the automatic batch size (default: half the
+            memory available when the job starts).
         refine: refinement rule (``argmax``, ``soft``, ``window``, ``kernel``).
         window: window radius in feature cells for ``window`` (default: the rule's).
         temperature: softmax temperature of the soft rules (default: the rule's).
@@ -33,7 +44,9 @@ class TransferConfig:
         iterations: Weiszfeld iterations of the geometric median.
     """
 
-    batch_size: int = 8
+    batch_size: int | None = None
+    workers: int = 2
+    memory_budget: int | None = None
     refine: str = "window"
     window: int | None = None
     temperature: float | None = None
@@ -50,7 +63,11 @@ class TransferConfig:
         """Check every option before any work (the rule's options through the rule itself)."""
         from semcorr.match.refine import refiner_with_options
 
-        int_at_least("batch_size", self.batch_size, 1)
+        if self.batch_size is not None:
+            int_at_least("batch_size", self.batch_size, 1)
+        int_at_least("workers", self.workers, 0)
+        if self.memory_budget is not None:
+            int_at_least("memory_budget", self.memory_budget, 1)
         int_at_least("iterations", self.iterations, 1)
         positive_number("cycle_radius", self.cycle_radius)
         positive_number("agreement_radius", self.agreement_radius)

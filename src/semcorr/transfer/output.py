@@ -16,7 +16,7 @@ from semcorr.errors import InputError
 from semcorr.io import atomic_write_json
 from semcorr.transfer.annotations import TransferSources
 from semcorr.transfer.combine import Consensus
-from semcorr.transfer.options import TransferConfig
+from semcorr.transfer.options import SPEED_OPTIONS, TransferConfig
 
 __all__ = ["read_parts"]
 
@@ -31,10 +31,15 @@ def _parts_dir(out: Path) -> Path:
     return out.with_name(out.name + ".parts")
 
 
+def _output_options(config: TransferConfig) -> dict[str, Any]:
+    """The options that determine the output (all but :data:`SPEED_OPTIONS`)."""
+    return {k: v for k, v in asdict(config).items() if k not in SPEED_OPTIONS}
+
+
 def _job_fingerprint(config: TransferConfig, sources: TransferSources, backbone: str,
                      extra: Mapping[str, Any]) -> str:
     payload = {
-        "config": asdict(config),
+        "config": _output_options(config),
         "backbone": backbone,
         "extra": dict(extra),
         "category": sources.schema.category,
@@ -166,7 +171,7 @@ def _assemble(
         "categories": [category],
         "semcorr": {
             "backbone": backbone,
-            "config": asdict(config),
+            "config": _output_options(config),
             "sources": [str(s.image) for s in sources.sources],
             "failed": failed,
             "coordinates": "x, y in original pixels, (0, 0) = centre of the top-left pixel",

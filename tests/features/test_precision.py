@@ -244,3 +244,20 @@ def test_finetune_bf16_forward_backward_close_to_fp32(folders: dict[str, Path],
     cos = torch.nn.functional.cosine_similarity(grads["fp32"], grads["bf16"], dim=0)
     assert cos > 0.99, cos
     assert grads["bf16"].norm() == pytest.approx(grads["fp32"].norm().item(), rel=0.05)
+
+
+def test_cli_precision_flag(folders: dict[str, Path]) -> None:
+    import argparse
+
+    from semcorr.cli.common import add_backbone_options, backbone_from_args, with_precision
+
+    parser = argparse.ArgumentParser()
+    add_backbone_options(parser)
+    args = parser.parse_args(["--backbone", "dinov2_vitb14", "--weights",
+                              str(folders["dinov2_vitb14"]), "--precision", "auto",
+                              "--backbone-option", "num_patches=4", "--device", "cpu"])
+    assert backbone_from_args(args).precision == "auto"
+    assert with_precision({"precision": "bf16"}, args) == {"precision": "bf16"}  # option wins
+    assert with_precision({}, parser.parse_args([])) == {}  # dense-sift takes no precision
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--precision", "fp8"])

@@ -26,7 +26,12 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from semcorr.cli.common import DEFAULT_BACKBONE, add_backbone_options, choose_device
+from semcorr.cli.common import (
+    DEFAULT_BACKBONE,
+    add_backbone_options,
+    choose_device,
+    with_precision,
+)
 from semcorr.distributed import (
     DistInfo,
     all_gather_objects,
@@ -155,7 +160,7 @@ def run_extract(args: argparse.Namespace) -> ExtractSummary:
         ids, paths = image_list(args)
         if not any(path.is_file() for path in paths):  # nothing to do: create no cache
             raise InputError(f"none of the {len(paths)} image file(s) exists (first: {paths[0]})")
-        options = parse_options(args.option)
+        options = with_precision(parse_options(args.option), args)
         args.backbone = args.backbone or DEFAULT_BACKBONE
         backbone = create_backbone(args.backbone, weights=args.weights, **options)
         backbone = backbone.to(device).eval()

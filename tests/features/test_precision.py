@@ -261,3 +261,23 @@ def test_cli_precision_flag(folders: dict[str, Path]) -> None:
     assert with_precision({}, parser.parse_args([])) == {}  # dense-sift takes no precision
     with pytest.raises(SystemExit):
         parser.parse_args(["--precision", "fp8"])
+
+
+def test_extract_cli_records_the_resolved_precision(folders: dict[str, Path], tmp_path: Path,
+                                                    isolated_cache: Path) -> None:
+    """``semcorr extract --precision auto``: the feature cache's configuration names what ran
+    (a cache is not shared between a bf16 and an fp32 machine under the name "auto")."""
+    from PIL import Image
+
+    from semcorr.cli.main import main
+    from semcorr.features.cache import FeatureCache
+
+    isolated_cache.parent.mkdir(parents=True)
+    isolated_cache.write_text(json.dumps({prec.cache_key(CPU): {"precision": "fp32"}}))
+    image = tmp_path / "im.png"
+    Image.new("RGB", (40, 30), (90, 140, 30)).save(image)
+    cache = tmp_path / "feats"
+    assert main(["extract", "--backbone", "dinov2_vitb14", "--weights",
+                 str(folders["dinov2_vitb14"]), "--option", "num_patches=4", "--precision",
+                 "auto", "--device", "cpu", "--cache", str(cache), "--quiet", str(image)]) == 0
+    assert FeatureCache(cache).config["options"] == {"num_patches": 4, "precision": "fp32"}

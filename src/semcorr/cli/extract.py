@@ -43,6 +43,7 @@ from semcorr.distributed import (
 )
 from semcorr.errors import InputError, JobFailed
 from semcorr.features import create_backbone
+from semcorr.features.base import resolve_precision
 from semcorr.features.cache import (
     STORAGE_DTYPES,
     ExtractSummary,
@@ -161,6 +162,8 @@ def run_extract(args: argparse.Namespace) -> ExtractSummary:
         if not any(path.is_file() for path in paths):  # nothing to do: create no cache
             raise InputError(f"none of the {len(paths)} image file(s) exists (first: {paths[0]})")
         options = with_precision(parse_options(args.option), args)
+        if options.get("precision") == "auto":  # the cache records what really ran
+            options["precision"] = resolve_precision("auto", device)
         args.backbone = args.backbone or DEFAULT_BACKBONE
         backbone = create_backbone(args.backbone, weights=args.weights, **options)
         backbone = backbone.to(device).eval()

@@ -17,7 +17,8 @@ kernel (which it does not count) added as ``4 N^2 d`` per head; for DINOv2 the a
 Timing: forwards and ``--matmul-size``-cubed matmuls of each dtype are interleaved (fp32, bf16,
 fp32, ...) and each figure is the best of ``--repeats``, so that load from other processes hits
 both sides alike. Printed: each forward's seconds and GFLOP/s as a fraction of its dtype's matmul
-rate, the bf16 speed-up over fp32 (target >= 2), and what ``precision="auto"`` picks here. When
+rate, the bf16 speed-up over fp32 (target >= 2), the features' mean per-cell cosine between
+the two (bound 0.999), and what ``precision="auto"`` picks here. When
 the CPU has no native bf16 matmul (oneDNN needs AVX512-BF16 or AMX) the script says so: bf16 then
 runs *slower* than fp32, and ``auto`` stays fp32.
 """
@@ -86,10 +87,14 @@ def save_model(kind: str, folder: Path) -> int:
 NAMES = {"dinov2": "dinov2_vitb14", "dinov3": "dinov3_vitb16", "sam": "sam_vit_b"}
 
 
-def interleaved_best(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Best wall time of each function over ``repeats`` interleaved rounds (after a warm-up)."""
-    for fn in fns.values():
-        fn()
+def interleaved_best(fns: dict[str, Callable[[], object]], repeats: int,
+                     outputs: dict[str, object] | None = None) -> dict[str, float]:
+    """Best wall time of each function over ``repeats`` interleaved rounds (after a warm-up
+    whose results go to ``outputs``)."""
+    for name, fn in fns.items():
+        result = fn()
+        if outputs is not None:
+            outputs[name] = result
     best = {name: float("inf") for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
@@ -114,11 +119,13 @@ def forward_fns(kind: str, folder: Path, patches: int, precisions: list[str]
     """``features`` of a backbone per precision, and the FLOPs of one forward."""
     options = {} if kind == "sam" else {"num_patches": patches}
     fns = {}
+    images = None
     for precision in precisions:
         backbone = create_backbone(NAMES[kind], weights=str(folder), precision=precision,
                                    **options).eval()
-        side = backbone.info.image_size
-        images = torch.rand(1, 3, side, side)
+        if images is None:  # the same input for every precision
+            side = backbone.info.image_size
+            images = torch.rand(1, 3, side, side)
 
         def forward(backbone: torch.nn.Module = backbone, images: torch.Tensor = images
                     ) -> torch.Tensor:
@@ -171,7 +178,8 @@ def main() -> None:
             save_model(kind, folder)
             forwards, flops_of[kind] = forward_fns(kind, folder, args.patches, precisions)
             fns.update(forwards)
-        best = interleaved_best(fns, args.repeats)
+        outputs: dict[str, object] = {}
+        best = interleaved_best(fns, args.repeats, outputs)
     rate = {p: 2 * args.matmul_size**3 / best[f"matmul {p}"] / 1e9 for p in precisions}
     print(f"matmul {args.matmul_size}^3: fp32 {rate['fp32']:.1f} GFLOP/s, bf16 "
           f"{rate['bf16']:.1f} GFLOP/s (bf16 / fp32 = {rate['bf16'] / rate['fp32']:.2f})")
@@ -187,8 +195,11 @@ def main() -> None:
             cells.append(f"{p} {seconds:.2f} s = {achieved:.1f} GFLOP/s "
                          f"({achieved / rate[p]:.2f} of {p} matmul)")
         speedup = best[f"{kind} fp32"] / best[f"{kind} bf16"]
+        cosine = torch.nn.functional.cosine_similarity(
+            outputs[f"{kind} fp32"], outputs[f"{kind} bf16"], dim=1).mean().item()
         print(f"{NAMES[kind]} ({flops / 1e9:.1f} GFLOP{extra}): {'; '.join(cells)}; "
-              f"bf16 speed-up over fp32 {speedup:.2f}x (target >= 2)")
+              f"bf16 speed-up over fp32 {speedup:.2f}x (target >= 2); mean per-cell cosine "
+              f"bf16 vs fp32 {cosine:.5f} (bound 0.999)")
     if not native_bf16(torch.device("cpu")):
         print("This CPU has no native bf16 matmul (no AVX512-BF16/AMX): bf16 matmuls run at "
               f"{rate['bf16'] / rate['fp32']:.2f}x the fp32 rate, so no bf16 arrangement can "

@@ -1,17 +1,26 @@
-"""Achieved GFLOP/s of the DINOv2 ViT-B/14 forward against this machine's own matmul rate.
+"""fp32 against bf16 for the ViT backbones (DINOv2, DINOv3, SAM), each against this machine's
+own fp32 and bf16 matmul rates, measured in one run.
 
 One command::
 
-    python benchmarks/bench_dinov2_flops.py            # 840 px (60 x 60 patches), fp32 and bf16
+    python benchmarks/bench_dinov2_flops.py                  # ViT-B/14 at 840 px (60 x 60)
+    python benchmarks/bench_dinov2_flops.py --backbones dinov2 dinov3 sam --patches 24
 
-A random-weight ViT-B/14 is written with ``save_pretrained`` to a temporary folder and loaded
-through ``create_backbone("dinov2_vitb14", weights=...)`` (the real path). FLOPs of one forward
-are the analytic count (``24 N D^2`` for the linear layers and ``4 N^2 D`` for attention per
-block, plus the patch embedding), cross-checked against ``torch.utils.flop_counter`` (which, on
-CPU, counts the linear layers and the convolution but not the fused attention kernel).
-For each precision the script measures, in the same run, the best-of-``repeats`` time of a
-square matmul of that dtype and of the forward, and prints the ratio achieved / matmul rate
-(target: >= 0.6).
+A random-weight ViT-B is written with ``save_pretrained`` to a temporary folder and loaded
+through ``create_backbone(name, weights=..., precision=...)`` (the real path), once per
+precision; the timed call is ``backbone.features`` (what ``extract`` runs) in inference mode.
+DINOv2 is ViT-B/14 at ``14 * patches`` px, DINOv3 ViT-B/16 (4 registers) at ``16 * patches``
+px, SAM ViT-B at its fixed 1024 px. FLOPs are torch's flop counter, with the CPU attention
+kernel (which it does not count) added as ``4 N^2 d`` per head; for DINOv2 the analytic count
+(``24 N D^2 + 4 N^2 D`` per block plus the patch embedding) is printed beside it.
+
+Timing: forwards and ``--matmul-size``-cubed matmuls of each dtype are interleaved (fp32, bf16,
+fp32, ...) and each figure is the best of ``--repeats``, so that load from other processes hits
+both sides alike. Printed: each forward's seconds and GFLOP/s as a fraction of its dtype's matmul
+rate, the bf16 speed-up over fp32 (target >= 2), the features' mean per-cell cosine between
+the two (bound 0.999), and what ``precision="auto"`` picks here. When
+the CPU has no native bf16 matmul (oneDNN needs AVX512-BF16 or AMX) the script says so: bf16 then
+runs *slower* than fp32, and ``auto`` stays fp32.
 """
 
 from __future__ import annotations
@@ -19,13 +28,16 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from semcorr import create_backbone
-from semcorr.features.base import PRECISIONS
+from semcorr.features.precision import auto_precision, native_bf16, probe_seconds
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def analytic_flops(num_patches: int, dim: int = 768, depth: int = 12, patch: int = 14,
@@ -38,80 +50,162 @@ def analytic_flops(num_patches: int, dim: int = 768, depth: int = 12, patch: int
 
 
 def counted_flops(fn: Callable[[], object]) -> int:
-    """FLOPs of ``fn()`` as counted by torch's flop counter."""
-    from torch.utils.flop_counter import FlopCounterMode
+    """FLOPs of ``fn()`` by torch's flop counter, the CPU attention kernel included."""
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-    counter = FlopCounterMode(display=False)
-    with counter:
+    def cpu_attention(query: tuple[int, ...], key: tuple[int, ...], value: tuple[int, ...],
+                      *args: object, **kwargs: object) -> int:
+        return sdpa_flop_count(query, key, value)
+
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_attention}
+    counter = FlopCounterMode(display=False, custom_mapping=mapping)
+    with counter, torch.inference_mode():
         fn()
     return counter.get_total_flops()
 
 
-def best_time(fn: Callable[[], object], repeats: int) -> float:
-    """Best wall time of ``repeats`` calls after one warm-up call."""
-    fn()
-    times = []
+def save_model(kind: str, folder: Path) -> int:
+    """Save a random ViT-B of ``kind``; returns its patch size (0: fixed input size)."""
+    if kind == "dinov2":
+        from transformers import Dinov2Config, Dinov2Model
+
+        Dinov2Model(Dinov2Config()).save_pretrained(folder)  # ViT-B/14 defaults
+        return 14
+    if kind == "dinov3":
+        from transformers import DINOv3ViTConfig, DINOv3ViTModel
+
+        DINOv3ViTModel(DINOv3ViTConfig(
+            hidden_size=768, num_attention_heads=12, intermediate_size=3072,
+            num_register_tokens=4, patch_size=16)).save_pretrained(folder)
+        return 16
+    from transformers import SamConfig, SamModel
+
+    SamModel(SamConfig()).save_pretrained(folder)  # ViT-B vision encoder, 1024 px
+    return 0
+
+
+NAMES = {"dinov2": "dinov2_vitb14", "dinov3": "dinov3_vitb16", "sam": "sam_vit_b"}
+
+
+def interleaved_best(fns: dict[str, Callable[[], object]], repeats: int,
+                     outputs: dict[str, object] | None = None) -> dict[str, float]:
+    """Best wall time of each function over ``repeats`` interleaved rounds (after a warm-up
+    whose results go to ``outputs``)."""
+    for name, fn in fns.items():
+        result = fn()
+        if outputs is not None:
+            outputs[name] = result
+    best = {name: float("inf") for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
 
 
-def matmul_rate(dtype: torch.dtype, size: int, repeats: int) -> float:
-    """GFLOP/s of a ``size``-cubed matmul in ``dtype``."""
-    a = torch.randn(size, size, dtype=dtype)
-    b = torch.randn(size, size, dtype=dtype)
-    return 2 * size**3 / best_time(lambda: a @ b, repeats * 3) / 1e9
+def matmul_fns(size: int, precisions: list[str]) -> dict[str, Callable[[], object]]:
+    """``size``-cubed matmuls per dtype (named ``matmul <precision>``), in ``nn.Linear``'s
+    layout (``x @ W^T``), which the backbones' matmuls use (on a CPU without native bf16, a
+    bf16 ``a @ b`` runs several times slower than this layout)."""
+    fns = {}
+    for precision in precisions:
+        a = torch.randn(size, size, dtype=DTYPES[precision])
+        b = torch.randn(size, size, dtype=DTYPES[precision])
+        fns[f"matmul {precision}"] = lambda a=a, b=b: torch.nn.functional.linear(a, b)
+    return fns
 
 
-def build_backbone(folder: Path, num_patches: int, precision: str) -> torch.nn.Module:
-    return create_backbone("dinov2_vitb14", weights=str(folder), num_patches=num_patches,
-                           precision=precision).eval()
+def forward_fns(kind: str, folder: Path, patches: int, precisions: list[str]
+                ) -> tuple[dict[str, Callable[[], object]], int]:
+    """``features`` of a backbone per precision, and the FLOPs of one forward."""
+    options = {} if kind == "sam" else {"num_patches": patches}
+    fns = {}
+    images = None
+    for precision in precisions:
+        backbone = create_backbone(NAMES[kind], weights=str(folder), precision=precision,
+                                   **options).eval()
+        if images is None:  # the same input for every precision
+            side = backbone.info.image_size
+            images = torch.rand(1, 3, side, side)
+
+        def forward(backbone: torch.nn.Module = backbone, images: torch.Tensor = images
+                    ) -> torch.Tensor:
+            with torch.inference_mode():
+                return backbone.features(images)
+
+        fns[f"{kind} {precision}"] = forward
+    return fns, counted_flops(next(iter(fns.values())))
+
+
+def machine_line() -> str:
+    cpu = torch.device("cpu")
+    flags = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    found = sorted(f for f in flags if "bf16" in f or f.startswith("amx"))
+    return (f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
+            f"{torch.backends.cpu.get_cpu_capability()}, bf16/AMX CPU flags: "
+            f"{' '.join(found) or 'none'}, native bf16 matmul (oneDNN): "
+            f"{'yes' if native_bf16(cpu) else 'no'}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--patches", type=int, default=60, help="patches per side (60 = 840 px)")
-    parser.add_argument("--repeats", type=int, default=2, help="timed forwards per precision")
-    parser.add_argument("--matmul-size", type=int, default=2048)
-    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"],
-                        choices=sorted(PRECISIONS))
+    parser.add_argument("--backbones", nargs="+", default=["dinov2"], choices=sorted(NAMES))
+    parser.add_argument("--patches", type=int, default=60,
+                        help="patches per side for DINOv2/DINOv3 (60 = 840 px for /14)")
+    parser.add_argument("--repeats", type=int, default=2, help="timed rounds (best of)")
+    parser.add_argument("--matmul-size", type=int, default=1024)
     args = parser.parse_args()
-
-    from transformers import Dinov2Config, Dinov2Model
-
+    precisions = ["fp32", "bf16"]
+    # the verdict below replaces the warning that bf16 is slow on a CPU without native bf16
+    warnings.filterwarnings("ignore", message="this CPU has no native bf16")
     torch.manual_seed(0)
-    side = args.patches * 14
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, input {side} px")
+    print(machine_line())
+    probe = probe_seconds(torch.device("cpu"))
+    print(f"auto-precision probe (ViT block, 1024 tokens): fp32 {probe['fp32'] * 1e3:.0f} ms, "
+          f"bf16 {probe['bf16'] * 1e3:.0f} ms -> precision='auto' picks "
+          f"{auto_precision(torch.device('cpu'))} here (cached choice)")
+    flops_of = {}
+    fns: dict[str, Callable[[], object]] = matmul_fns(args.matmul_size, precisions)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "dinov2_vitb14"
-        Dinov2Model(Dinov2Config()).save_pretrained(folder)  # ViT-B/14 defaults, random
-        images = torch.rand(1, 3, side, side)
-        expected = analytic_flops(args.patches)
-        for precision in args.precisions:
-            backbone = build_backbone(folder, args.patches, precision)
-
-            def forward(backbone: torch.nn.Module = backbone) -> torch.Tensor:
-                with torch.inference_mode():
-                    return backbone.features(images)
-
-            counted = counted_flops(forward)
-            attention = 12 * 4 * (args.patches**2 + 1) ** 2 * 768
-            flops = expected
-            dtype = PRECISIONS[precision] or torch.float32
-            rate_before = matmul_rate(dtype, args.matmul_size, args.repeats)
-            seconds = best_time(forward, args.repeats)
-            rate_after = matmul_rate(dtype, args.matmul_size, args.repeats)
-            rate = max(rate_before, rate_after)
+        for kind in args.backbones:
+            folder = Path(tmp) / kind
+            save_model(kind, folder)
+            forwards, flops_of[kind] = forward_fns(kind, folder, args.patches, precisions)
+            fns.update(forwards)
+        outputs: dict[str, object] = {}
+        best = interleaved_best(fns, args.repeats, outputs)
+    rate = {p: 2 * args.matmul_size**3 / best[f"matmul {p}"] / 1e9 for p in precisions}
+    print(f"matmul {args.matmul_size}^3: fp32 {rate['fp32']:.1f} GFLOP/s, bf16 "
+          f"{rate['bf16']:.1f} GFLOP/s (bf16 / fp32 = {rate['bf16'] / rate['fp32']:.2f})")
+    for kind in args.backbones:
+        flops = flops_of[kind]
+        extra = ""
+        if kind == "dinov2":
+            extra = f", analytic {analytic_flops(args.patches) / 1e9:.1f}"
+        cells = []
+        for p in precisions:
+            seconds = best[f"{kind} {p}"]
             achieved = flops / seconds / 1e9
-            print(
-                f"{precision}: {flops / 1e9:.1f} GFLOP (counter: {counted / 1e9:.1f} + attention "
-                f"{attention / 1e9:.1f} = {(counted + attention) / 1e9:.1f}), "
-                f"forward {seconds:.2f} s = {achieved:.1f} GFLOP/s; matmul {args.matmul_size}^3 "
-                f"{rate:.1f} GFLOP/s (before {rate_before:.1f}, after {rate_after:.1f}); "
-                f"ratio {achieved / rate:.2f}"
-            )
+            cells.append(f"{p} {seconds:.2f} s = {achieved:.1f} GFLOP/s "
+                         f"({achieved / rate[p]:.2f} of {p} matmul)")
+        speedup = best[f"{kind} fp32"] / best[f"{kind} bf16"]
+        cosine = torch.nn.functional.cosine_similarity(
+            outputs[f"{kind} fp32"], outputs[f"{kind} bf16"], dim=1).mean().item()
+        print(f"{NAMES[kind]} ({flops / 1e9:.1f} GFLOP{extra}): {'; '.join(cells)}; "
+              f"bf16 speed-up over fp32 {speedup:.2f}x (target >= 2); mean per-cell cosine "
+              f"bf16 vs fp32 {cosine:.5f} (bound 0.999)")
+    if not native_bf16(torch.device("cpu")):
+        print("This CPU has no native bf16 matmul (no AVX512-BF16/AMX): bf16 matmuls run at "
+              f"{rate['bf16'] / rate['fp32']:.2f}x the fp32 rate, so no bf16 arrangement can "
+              "beat fp32 here; the default stays fp32 and precision='auto' picks fp32.")
 
 
 if __name__ == "__main__":

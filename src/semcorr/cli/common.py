@@ -8,6 +8,7 @@ from typing import Any
 from semcorr.devices import choose_device
 from semcorr.errors import InputError
 from semcorr.features import Backbone, create_backbone
+from semcorr.features.base import PRECISIONS
 from semcorr.match.refine import Refiner, list_refiners, refiner_with_options
 from semcorr.match.rules import KERNEL_WEIGHTINGS
 
@@ -21,6 +22,7 @@ __all__ = [
     "parse_key_values",
     "refine_settings",
     "refiner_from_args",
+    "with_precision",
 ]
 
 #: The backbone used when ``--backbone`` is not given: weight-free, no download, CPU.
@@ -32,8 +34,8 @@ PROMPT_HEADS: dict[str, str] = {"sd4match": "sd4match"}
 
 
 def add_backbone_options(parser: argparse.ArgumentParser) -> None:
-    """``--backbone``, ``--weights``, ``--backbone-option``, ``--device``, ``--head``,
-    ``--head-weights``."""
+    """``--backbone``, ``--weights``, ``--backbone-option``, ``--device``, ``--precision``,
+    ``--head``, ``--head-weights``."""
     parser.add_argument("--backbone", default=None,
                         help=f"registered backbone name (default: {DEFAULT_BACKBONE}, no "
                         "download)")
@@ -44,6 +46,9 @@ def add_backbone_options(parser: argparse.ArgumentParser) -> None:
                         "dino_weights=DIR (sd4match cpm); repeatable")
     parser.add_argument("--device", default=None,
                         help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--precision", default=None, choices=sorted(PRECISIONS),
+                        help="ViT/diffusion backbones: fp32, bf16/fp16 autocast, or auto (bf16 "
+                        "where a one-off probe, cached on disk, finds it faster than fp32)")
     parser.add_argument("--head", default=None,
                         help="post-processing head on the features (geoaware, "
                         "geoaware-zero-shot), or sd4match: SD 2.1 under a learned prompt, "
@@ -81,6 +86,13 @@ def parse_key_values(items: list[str] | None, flag: str) -> dict[str, int | floa
     return options
 
 
+def with_precision(options: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """``options`` with ``precision`` set from ``--precision`` when it was given (an explicit
+    ``precision=`` backbone option wins)."""
+    precision = getattr(args, "precision", None)
+    return options if precision is None else {"precision": precision, **options}
+
+
 def backbone_from_args(args: argparse.Namespace) -> Backbone:
     """Build the backbone named on the command line (with its head, if any) on the device.
 
@@ -91,7 +103,8 @@ def backbone_from_args(args: argparse.Namespace) -> Backbone:
     given = args.backbone
     if head_name not in PROMPT_HEADS:
         args.backbone = given or DEFAULT_BACKBONE
-    options = parse_key_values(getattr(args, "backbone_option", None), "--backbone-option")
+    options = with_precision(
+        parse_key_values(getattr(args, "backbone_option", None), "--backbone-option"), args)
     from semcorr.train.finetune import is_finetune_checkpoint, load_finetuned  # light module
 
     if head_name in PROMPT_HEADS:

@@ -26,7 +26,12 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from semcorr.cli.common import DEFAULT_BACKBONE, add_backbone_options, choose_device
+from semcorr.cli.common import (
+    DEFAULT_BACKBONE,
+    add_backbone_options,
+    choose_device,
+    with_precision,
+)
 from semcorr.distributed import (
     DistInfo,
     all_gather_objects,
@@ -38,6 +43,7 @@ from semcorr.distributed import (
 )
 from semcorr.errors import InputError, JobFailed
 from semcorr.features import create_backbone
+from semcorr.features.base import resolve_precision
 from semcorr.features.cache import (
     STORAGE_DTYPES,
     ExtractSummary,
@@ -155,7 +161,9 @@ def run_extract(args: argparse.Namespace) -> ExtractSummary:
         ids, paths = image_list(args)
         if not any(path.is_file() for path in paths):  # nothing to do: create no cache
             raise InputError(f"none of the {len(paths)} image file(s) exists (first: {paths[0]})")
-        options = parse_options(args.option)
+        options = with_precision(parse_options(args.option), args)
+        if options.get("precision") == "auto":  # the cache records what really ran
+            options["precision"] = resolve_precision("auto", device)
         args.backbone = args.backbone or DEFAULT_BACKBONE
         backbone = create_backbone(args.backbone, weights=args.weights, **options)
         backbone = backbone.to(device).eval()

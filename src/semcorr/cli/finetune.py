@@ -32,7 +32,7 @@ CLI_OPTIONS: dict[str, tuple[type, str]] = {
     "lr": (float, "AdamW learning rate (default 2e-5)"),
     "weight_decay": (float, "AdamW weight decay (default 0.05)"),
     "warmup": (int, "warm-up steps (default 100)"),
-    "precision": (str, "fp32, bf16 or fp16 (default fp32)"),
+    "precision": (str, "fp32, bf16, fp16 or auto (the faster here; default fp32)"),
     "seed": (int, "data-order seed (default 0)"),
     "val_every": (int, "steps between validations (default 500)"),
     "val_pairs": (int, "validation pairs (default 200)"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 from semcorr.errors import InputError
+from semcorr.features.precision import auto_precision, native_bf16, store_matmul_weights
 from semcorr.geometry import ResizePad
 from semcorr.registry import Registry
 
@@ -23,9 +25,11 @@ __all__ = [
     "PRECISIONS",
     "autocast",
     "create_backbone",
+    "inference_precision",
     "list_backbones",
     "register_backbone",
     "register_variants",
+    "resolve_precision",
 ]
 
 
@@ -167,12 +171,42 @@ class Backbone(nn.Module):
 #: What a backbone's features may depend on besides the image (:attr:`Backbone.condition`).
 CONDITIONS: tuple[str, ...] = ("image", "category", "pair")
 
-#: Names of the computation precisions a backbone may run in (``fp32`` = no autocast).
+#: Names of the computation precisions a backbone may run in (``fp32`` = no autocast;
+#: ``auto`` = ``bf16`` or ``fp32``, whichever is faster on the device, see
+#: :mod:`semcorr.features.precision`).
 PRECISIONS: dict[str, torch.dtype | None] = {
     "fp32": None,
     "bf16": torch.bfloat16,
     "fp16": torch.float16,
+    "auto": None,
 }
+
+_WARNED_SLOW_BF16: set[str] = set()
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``precision`` with ``auto`` replaced by the measured choice for ``device``; warns once
+    when ``bf16`` is asked for on a CPU without a native bf16 matmul (slower than fp32)."""
+    if precision == "auto":
+        return auto_precision(device)
+    if precision == "bf16" and device.type == "cpu" and not native_bf16(device):
+        if "cpu" not in _WARNED_SLOW_BF16:
+            _WARNED_SLOW_BF16.add("cpu")
+            warnings.warn("this CPU has no native bf16 matmul (AVX512-BF16/AMX): bf16 runs "
+                          "slower than fp32 here; precision='auto' picks the faster one",
+                          RuntimeWarning, stacklevel=3)
+    return precision
+
+
+def inference_precision(module: nn.Module, device: torch.device, precision: str) -> str:
+    """The resolved precision of an inference forward of ``module`` on ``device``; under
+    bf16/fp16 with gradients off, its linear weights are stored in that dtype once
+    (:func:`~semcorr.features.precision.store_matmul_weights`: same output, no re-casts)."""
+    precision = resolve_precision(precision, device)
+    dtype = PRECISIONS[precision]
+    if dtype is not None and not torch.is_grad_enabled():
+        store_matmul_weights(module, dtype)
+    return precision
 
 
 @contextlib.contextmanager
@@ -181,9 +215,9 @@ def autocast(device: torch.device, precision: str = "fp32") -> Iterator[None]:
 
     Args:
         device: where the computation runs (from the inputs).
-        precision: ``fp32`` (no autocast), ``bf16`` or ``fp16``.
+        precision: ``fp32`` (no autocast), ``bf16``, ``fp16`` or ``auto``.
     """
-    dtype = PRECISIONS[precision]
+    dtype = PRECISIONS[resolve_precision(precision, device)]
     if dtype is None:
         yield
         return

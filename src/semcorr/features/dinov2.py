@@ -30,7 +30,14 @@ from torch import nn
 
 from semcorr.conventions import check_shape
 from semcorr.errors import InputError, WeightsError
-from semcorr.features.base import PRECISIONS, Backbone, BackboneInfo, autocast, register_variants
+from semcorr.features.base import (
+    PRECISIONS,
+    Backbone,
+    BackboneInfo,
+    autocast,
+    inference_precision,
+    register_variants,
+)
 from semcorr.hub import WeightsSource, load_from_pretrained, load_state_dict, resolve_weights
 
 __all__ = [
@@ -102,7 +109,9 @@ class HFViTBackbone(Backbone):
         num_prefix_tokens: CLS + register tokens dropped from the sequence.
         layer: block index (negative counts from the end).
         final_norm: apply the model's final norm to the chosen block's tokens.
-        precision: ``fp32``, ``bf16`` or ``fp16`` autocast for the forward.
+        precision: ``fp32``, ``bf16``, ``fp16`` autocast or ``auto`` (the faster of bf16 and
+            fp32 here) for the forward; an inference forward stores the linear weights in the
+            autocast dtype once.
     """
 
     def __init__(
@@ -138,7 +147,8 @@ class HFViTBackbone(Backbone):
 
     def tokens(self, images: torch.Tensor) -> torch.Tensor:
         """All output tokens ``(B, 1 + R + h * w, C)`` of the chosen block."""
-        with autocast(images.device, self.precision):
+        precision = inference_precision(self.model, images.device, self.precision)
+        with autocast(images.device, precision):
             return self.model(pixel_values=images).last_hidden_state
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -391,7 +401,7 @@ def create_dinov2(
         layer: block whose output tokens are the features (default: last).
         num_patches: patches per side of the square input (60 → 840 px).
         final_norm: apply the final LayerNorm (off: tokens before the norm).
-        precision: ``fp32``, ``bf16`` or ``fp16`` autocast.
+        precision: ``fp32``, ``bf16``, ``fp16`` autocast or ``auto``.
         num_heads: attention heads of an official checkpoint (default: width / 64).
         pos_interpolation: ``"transformers"`` or ``"official"`` (the torch-hub models' rule,
             as GeoAware-SC runs it; see the module docstring).

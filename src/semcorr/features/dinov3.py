@@ -63,7 +63,7 @@ def create_dinov3(
         layer: block whose output tokens are the features (default: last).
         num_patches: patches per side of the square input (60 → 960 px).
         final_norm: apply the final LayerNorm.
-        precision: ``fp32``, ``bf16`` or ``fp16`` autocast.
+        precision: ``fp32``, ``bf16``, ``fp16`` autocast or ``auto``.
     """
     if num_patches < 1:
         raise InputError(f"{name}: num_patches must be positive, got {num_patches}")

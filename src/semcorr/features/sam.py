@@ -20,7 +20,14 @@ from torch import nn
 
 from semcorr.conventions import check_shape
 from semcorr.errors import InputError, WeightsError
-from semcorr.features.base import PRECISIONS, Backbone, BackboneInfo, autocast, register_backbone
+from semcorr.features.base import (
+    PRECISIONS,
+    Backbone,
+    BackboneInfo,
+    autocast,
+    inference_precision,
+    register_backbone,
+)
 from semcorr.features.dinov2 import IMAGENET_MEAN, IMAGENET_STD
 from semcorr.geometry import ResizePad
 from semcorr.hub import WeightsSource, load_from_pretrained, resolve_weights
@@ -43,7 +50,7 @@ class SamEncoder(Backbone):
         encoder: a ``transformers`` ``SamVisionEncoder``.
         info: metadata (stride = patch size, image size = the checkpoint's).
         output: ``neck`` or ``vit``.
-        precision: ``fp32``, ``bf16`` or ``fp16`` autocast.
+        precision: ``fp32``, ``bf16``, ``fp16`` autocast or ``auto``.
     """
 
     def __init__(self, encoder: nn.Module, *, info: BackboneInfo, output: str = "neck",
@@ -77,7 +84,8 @@ class SamEncoder(Backbone):
         size = self.info.image_size
         if dims["H"] != size or dims["W"] != size:
             raise InputError(f"{self.info.name}: input must be {size}x{size} (fixed by SAM)")
-        with autocast(images.device, self.precision):
+        precision = inference_precision(self.encoder, images.device, self.precision)
+        with autocast(images.device, precision):
             if self.output == "neck":
                 out = self.encoder(pixel_values=images).last_hidden_state
             else:
@@ -114,7 +122,7 @@ def create_sam(
         weights: ``save_pretrained`` folder of a ``SamModel`` or hub id; ``None`` →
             ``$SEMCORR_WEIGHTS/<name>`` if present, else the hub id.
         output: ``neck`` (256-d image embedding) or ``vit`` (tokens before the neck).
-        precision: ``fp32``, ``bf16`` or ``fp16`` autocast.
+        precision: ``fp32``, ``bf16``, ``fp16`` autocast or ``auto``.
     """
     source = resolve_weights(weights, name=name, default=SAM_HUB_IDS[name])
     if source.is_file:

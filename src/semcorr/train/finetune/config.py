@@ -39,7 +39,8 @@ class FinetuneConfig:
         warmup: linear warm-up steps, then cosine decay to ``min_lr_ratio * lr``.
         min_lr_ratio: final learning rate as a fraction of ``lr``.
         clip_grad: maximum gradient norm (``None`` = no clipping).
-        precision: ``fp32``, ``bf16`` or ``fp16`` autocast of the backbone.
+        precision: ``fp32``, ``bf16`` or ``fp16`` autocast of the backbone, or ``auto`` (the
+            faster of bf16 and fp32 on the device, see :mod:`semcorr.features.precision`).
         seed: seed of the data order.
         val_every: steps between validations (0 = only at the end).
         val_pairs: validation pairs (evenly spread over the split).

@@ -401,6 +401,12 @@ def _check_run(out: Path, config: GeoAwareTrainConfig) -> None:
     check_output_dir(out, "out")
     if config.cache:
         check_output_dir(config.cache, "cache")
+    if config.init and not Path(config.init).is_file():
+        raise InputError(f"init {config.init}: no such weights file")
+    if config.eval_dataset:  # read at the first evaluation, hours in: named now
+        from semcorr.data import create_dataset
+
+        create_dataset(config.eval_dataset, config.eval_root or config.root, config.eval_split)
     saved = out / "config.json"
     digest = config_hash(config.identity())
     if saved.is_file():

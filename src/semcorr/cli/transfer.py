@@ -96,7 +96,7 @@ def _report(out: Path, args: argparse.Namespace) -> None:
           f">= {args.min_score:g}")
     for failure in document["semcorr"]["failed"]:
         print(f"  skipped {failure['file_name']}: {failure['error']}")
-    if args.sheet is not None:
+    if args.sheet is not None and annotations:
         from semcorr.viz.contact_sheet import contact_sheet_from_coco, save_contact_sheet
 
         root = Path(args.images) if Path(args.images).is_dir() else None
@@ -109,8 +109,10 @@ def _run(args: argparse.Namespace) -> int:
     out = run_transfer(args)
     document = json.loads(Path(out).read_text())
     failed = document["semcorr"]["failed"]
-    if failed and not document["annotations"]:
-        raise JobFailed(f"transfer: all {len(failed)} target image(s) failed (listed above)")
+    if failed and not document["annotations"]:  # leave only the resumable state
+        Path(out).unlink(missing_ok=True)
+        raise JobFailed(f"transfer: all {len(failed)} target image(s) failed (listed above; "
+                        f"resumable state in {out}.parts)")
     return 0
 
 

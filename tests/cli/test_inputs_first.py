@@ -43,6 +43,7 @@ def _cases(tmp: Path, willow: Path) -> list[tuple[list[str], str]]:
 
     cat = str(sample_dir() / "chelsea.jpg")
     (tmp / "afile").write_text("x")
+    (tmp / "c.json").write_text('{"steps": "abc"}')
     (tmp / "s.json").write_text(f'{{"source": "{cat}", "points": [[100, 100]]}}')
     o, nowhere, afile = str(tmp / "o"), str(tmp / "nowhere"), str(tmp / "afile")
     finetune = ["train", "finetune", "--out", o, "--steps", "1"]
@@ -70,6 +71,10 @@ def _cases(tmp: Path, willow: Path) -> list[tuple[list[str], str]]:
         ([*geoaware, f"cache={afile}/c"], "cache"),
         ([*geoaware, "eval_dataset=pf-willow", f"eval_root={nowhere}"], "missing PF-WILLOW"),
         (["train", "r2d2", nowhere, "--out", o], "no such image folder"),
+        (["train", "r2d2", str(sample_dir()), "--out", o, "--config", str(tmp / "c.json")],
+         f"{tmp / 'c.json'}: steps must be an integer, got 'abc'"),
+        (["train", "r2d2", str(sample_dir()), "--out", o, "--lr", "nan"],
+         "lr must be a finite number"),
         (_swap(eval_, str(willow), nowhere), f"{nowhere}: missing PF-WILLOW folder"),
         ([*eval_, "--split", "trn"], "only the 'test' split"),
         ([*eval_, "--limit", "0"], "--limit must be at least 1"),

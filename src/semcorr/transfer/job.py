@@ -49,6 +49,14 @@ def _still_current(record: dict[str, Any] | None, path: Path) -> bool:
     return record is not None and record.get("stamp") == quick_stamp(path)
 
 
+def _next_generation(parts: Path) -> int:
+    """One more than the newest run that wrote into ``parts`` (0 for a fresh job). Part names
+    carry it, so a resumed run, whose batch may start at the index of an earlier batch and hold
+    fewer targets, never overwrites an earlier part; its records sort after (and win)."""
+    runs = [int(p.name.split("-")[1][1:]) for p in parts.glob("part-g*-*.json")]
+    return max(runs, default=-1) + 1
+
+
 def main(
     annotations: str | os.PathLike[str],
     images: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
@@ -139,6 +147,7 @@ def _run(
                       batch_size=config.batch_size)
     perm = sources.schema.flip_permutation
     prepared = [_prepare_source(matcher, s, perm) for s in sources.sources]
+    generation = _next_generation(parts)
     index_of = dict(zip(pending, indices, strict=True))
     for batch in _batches(pending, config.batch_size):
         paths, images, records = _load_batch(batch)
@@ -153,7 +162,7 @@ def _run(
                 records[str(path)] = _record(result, i, transform)
         for path in batch:
             records[str(path)]["stamp"] = quick_stamp(path)
-        name = f"part-{rank:03d}-{index_of[batch[0]]:07d}.json"
+        name = f"part-g{generation:04d}-{rank:03d}-{index_of[batch[0]]:07d}.json"
         atomic_write_json(parts / name, {"targets": records}, indent=None)
         if progress is not None:
             progress(len(batch))

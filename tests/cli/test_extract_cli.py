@@ -136,15 +136,18 @@ def test_bad_input(tmp_path: Path, images: list[Path], capsys: pytest.CaptureFix
     missing = images[0].parent / "missing.png"
     assert main(_args(tmp_path / "c3", [images[0], missing])) == 0  # skip and report
     captured = capsys.readouterr()
-    assert "1 failed" in captured.out and "missing.png" in captured.err
+    assert "1 failed" in captured.out and "failed: " in captured.out
+    assert "missing.png" in captured.out
     assert main(_args(tmp_path / "c6", [missing])) == 2  # no image at all: bad input
     assert "none of the 1 image file(s) exists" in capsys.readouterr().err
     assert not (tmp_path / "c6").exists()
     garbage = images[0].parent / "garbage.png"
     garbage.write_bytes(b"not a png")
     assert main(_args(tmp_path / "c7", [garbage])) == 1  # nothing done: a failed job
-    assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        "semcorr: error: extract: all 1 image(s) failed (listed above)")
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines() == [  # one line; the listing is on stdout
+        "semcorr: error: extract: all 1 image(s) failed (listed above)"]
+    assert "failed: " in captured.out and "garbage.png" in captured.out
     garbage.unlink()
 
 

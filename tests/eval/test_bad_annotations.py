@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from scipy.io import loadmat, savemat
 
 from semcorr.cli.main import main
@@ -54,6 +55,13 @@ def test_eval_skips_and_lists_bad_pairs(pf_willow_root: Path, tmp_path: Path,
     coords = loadmat(str(mats[1]))["pts_coord"].astype(float)
     coords[0, 3] = np.nan  # a NaN keypoint
     savemat(str(mats[1]), {"pts_coord": coords})
+    coords = loadmat(str(mats[2]))["pts_coord"].astype(float)
+    coords[0, 2] = 5000.0  # a source keypoint far outside: refused
+    savemat(str(mats[2]), {"pts_coord": coords})
+    width = Image.open(mats[3].with_suffix(".png")).size[0]
+    coords = loadmat(str(mats[3]))["pts_coord"].astype(float)
+    coords[0, 4] = width + 0.5  # half a pixel outside (1-based): pulled in, and counted
+    savemat(str(mats[3]), {"pts_coord": coords})
     out = tmp_path / "out"
     assert main(["eval", "--dataset", "pf-willow", "--root", str(root), "--out", str(out),
                  "--quiet", "--limit", "30", "--backbone-option", "image_size=64"]) == 0
@@ -62,6 +70,10 @@ def test_eval_skips_and_lists_bad_pairs(pf_willow_root: Path, tmp_path: Path,
     assert results["skipped"] == len(reasons) > 0
     assert any("not a readable .mat file" in r for r in reasons), reasons
     assert any("is not a finite number" in r for r in reasons), reasons
+    assert any("source keypoint 2 (4999, " in r and "lies outside" in r for r in reasons)
+    assert all(item["pair_id"].startswith("car(G)/") for item in results["skipped_pairs"])
+    # pairs 27-29 have source 3; only (3, 2) is scored (targets 0 and 1 are bad)
+    assert results["source_keypoints_clamped"] == 1
     assert results["pairs"] + results["skipped"] == 30
     for value in (results["pck"]["0.10"]["per_image"], results["pck"]["0.10"]["per_keypoint"]):
         assert 0.0 <= value <= 1.0  # the bad pairs are not scored as zeros or NaN

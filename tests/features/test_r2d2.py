@@ -333,13 +333,18 @@ class TestCommandLine:
         args = ["keypoints", *map(str, small_images), str(bad), "--model", "r2d2", "--weights",
                 weights, "--top-k", "200", "--min-size", "96", "--out", str(out)]
         assert main(args) == 0  # one image failed (skipped and reported), the others written
-        err = capsys.readouterr().err
-        assert "bad.png: not a readable image" in err
-        # every image failing is a failed job: exit 1, one error line after the listing
+        captured = capsys.readouterr()
+        assert "failed: " in captured.out and "bad.png: not a readable image" in captured.out
+        assert "bad.png" not in captured.err
+        # every image failing is a failed job: exit 1, one error line, the listing on stdout,
+        # nothing left behind
         assert main(["keypoints", str(bad), "--model", "r2d2", "--weights", weights, "--out",
                      str(tmp_path / "none")]) == 1
-        err = capsys.readouterr().err.strip().splitlines()
-        assert err[-1] == "semcorr: error: keypoints: all 1 image(s) failed (listed above)"
+        captured = capsys.readouterr()
+        assert captured.err.strip().splitlines() == [
+            "semcorr: error: keypoints: all 1 image(s) failed (listed above)"]
+        assert "bad.png: not a readable image" in captured.out
+        assert not (tmp_path / "none").exists()
         with np.load(out / "boat.npz") as data:
             assert data["keypoints"].shape == (200, 3)
             assert data["descriptors"].shape == (200, 128)
@@ -361,9 +366,16 @@ class TestCommandLine:
     def test_keypoints_bad_weights(self, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
         from semcorr.cli.main import main
 
-        code = main(["keypoints", "x.png", "--weights", str(tmp_path / "none.pt")])
+        image = str(shared_path("r2d2", "boat.png"))
+        code = main(["keypoints", image, "--weights", str(tmp_path / "none.pt"), "--out",
+                     str(tmp_path / "o")])
         assert code == 2
         assert "none.pt: no such weights file" in capsys.readouterr().err
+        code = main(["keypoints", "x.png", "--weights", str(tmp_path / "none.pt"), "--out",
+                     str(tmp_path / "o")])
+        assert code == 2 and not (tmp_path / "o").exists()
+        assert capsys.readouterr().err.strip().splitlines() == [
+            "semcorr: error: none of the 1 image file(s) exists (first: x.png)"]
 
     def test_sparse_match(self, tmp_path: Path, small_images: list[Path],
                           capsys: pytest.CaptureFixture) -> None:

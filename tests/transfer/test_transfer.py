@@ -328,6 +328,28 @@ def test_resume_redoes_a_replaced_target(scene: dict, whole: dict, tmp_path: Pat
     assert fresh == first["annotations"][index + 1]["keypoints"]  # = img4's answer
 
 
+def test_resume_keeps_the_batch_mates_of_a_replaced_target(scene: dict, whole: dict,
+                                                           tmp_path: Path) -> None:
+    """A replaced target that opened a batch is redone alone; its part file must not overwrite
+    the earlier one that also held its batch mate (img3 was lost from the output)."""
+    import shutil
+
+    copy = {**scene, "images": tmp_path / "images", "sources": tmp_path / "sources.json"}
+    shutil.copytree(scene["images"], copy["images"])
+    shutil.copy(scene["sources"], copy["sources"])
+    out = tmp_path / "labels.json"
+    first = _run(copy, out)
+    Image.open(copy["images"] / "img4.png").save(copy["images"] / "img2.png")  # opens batch 1
+    counting = _DyingSIFT(die_at=None)
+    second = _run(copy, out, counting)
+    assert counting.calls == 2 + 1  # the sources, then the replaced target alone
+    names = [im["file_name"] for im in second["images"]]
+    assert names == [im["file_name"] for im in first["images"]]
+    changed = [a["keypoints"] != b["keypoints"]
+               for a, b in zip(first["annotations"], second["annotations"], strict=True)]
+    assert changed == [name == "img2.png" for name in names]
+
+
 def test_resume_refuses_other_job(scene: dict, tmp_path: Path) -> None:
     out = tmp_path / "out.json"
     targets = scene["paths"][2:4]

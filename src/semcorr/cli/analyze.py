@@ -12,8 +12,10 @@ __all__ = ["add_parser"]
 
 def _pose_awareness(args: argparse.Namespace) -> int:
     from semcorr.analysis import confusion_table, pose_awareness, read_pose_folder
-    from semcorr.io import atomic_write_bytes, atomic_write_json
+    from semcorr.io import atomic_write_bytes, atomic_write_json, check_output_dir
 
+    if args.out:
+        check_output_dir(args.out)
     templates = read_pose_folder(args.templates, "--templates folder")
     queries = read_pose_folder(args.images, "--images folder")
     summary = pose_awareness(backbone_from_args(args), templates, queries, size=args.grid)

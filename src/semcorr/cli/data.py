@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from semcorr.errors import InputError
+from semcorr.errors import InputError, JobFailed
 
 __all__ = ["add_parser"]
 
@@ -12,7 +12,6 @@ _SHOWN = 50
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from semcorr.data.download import DownloadError
     from semcorr.data.prepare import prepare
 
     report = prepare(args.name, args.root, fetch=not args.verify_only, mirror=args.mirror,
@@ -34,8 +33,8 @@ def _prepare(args: argparse.Namespace) -> int:
         print(f"  ... and {len(missing) - _SHOWN} more")
     if report["manual"]:
         print(report["manual"])
-    if "error" in report:
-        raise DownloadError(report["error"])
+    if "error" in report:  # a failure during the work, not bad input: exit 1
+        raise JobFailed(report["error"])
     raise InputError(f"{args.name}: {args.root} is incomplete ({len(missing)} item(s) missing, "
                      "listed above)")
 
@@ -53,7 +52,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="download (resumable, checksummed) or verify a dataset folder",
         description="Check ROOT for the dataset; when files are missing, download them from "
         "the official locations (unless --verify-only), then print exactly what is still "
-        "missing. Exit status 0 = complete, 1 = incomplete. For ap10k, builds GeoAware-SC's "
+        "missing or unreadable (every image is decoded, every .mat/.json parsed, kept archives "
+        "checked against their known checksums). Exit status 0 = complete, 2 = incomplete, "
+        "1 = a download failed. For ap10k, builds GeoAware-SC's "
         "benchmark from the original AP-10K annotations.",
     )
     prep.add_argument("name", choices=sorted(DATASET_SPECS), help="dataset")

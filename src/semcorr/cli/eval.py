@@ -13,7 +13,7 @@ from semcorr.cli.common import (
     parse_key_values,
     refiner_from_args,
 )
-from semcorr.errors import InputError
+from semcorr.errors import InputError, JobFailed
 from semcorr.io import check_output_dir
 
 __all__ = ["add_parser", "parse_dataset_options", "parse_thresholds", "resolve_settings"]
@@ -144,6 +144,8 @@ def _run(args: argparse.Namespace, defaults: dict[str, Any]) -> int:
         raise InputError(f"--head {args.head} needs its weights: --head-weights FILE (e.g. "
                          "GeoAware-SC's best_856.PTH)")
     thresholds = parse_thresholds(args.thresholds) if args.thresholds else None
+    if args.limit is not None and args.limit < 1:
+        raise InputError("--limit must be at least 1")
     if args.save_examples < 0 or not 0 < args.examples_alpha < 1:
         raise InputError("--save-examples must be >= 0 and --examples-alpha between 0 and 1")
     options = parse_dataset_options(args.dataset_option)
@@ -151,12 +153,12 @@ def _run(args: argparse.Namespace, defaults: dict[str, Any]) -> int:
         options["category"] = args.category
     if args.subset:
         options["subset"] = args.subset
+    out = args.out or f"semcorr-eval-{args.dataset}-{args.split}"
+    check_output_dir(out)
     dataset = create_dataset(args.dataset, args.root, split=args.split, **options)
     backbone = backbone_from_args(args)
     matcher = Matcher(backbone, refine=refiner_from_args(args, backbone),
                       pose_align=args.pose_align, pose_distance=args.pose_distance)
-    out = args.out or f"semcorr-eval-{args.dataset}-{args.split}"
-    check_output_dir(out)
     results = evaluate(
         matcher,
         dataset,
@@ -172,6 +174,12 @@ def _run(args: argparse.Namespace, defaults: dict[str, Any]) -> int:
     print(markdown_table(results))
     for item in results["skipped_pairs"]:
         print(f"skipped {item['pair_id']}: {item['reason']}")
+    if results["source_keypoints_clamped"]:
+        print(f"{results['source_keypoints_clamped']} source keypoint(s) lay within a pixel "
+              "outside their image and were pulled onto its border")
+    if not results["pairs"]:
+        raise JobFailed(f"eval: none of the {results['skipped']} pair(s) could be scored "
+                        "(listed above)")
     print(f"wrote {out}/results.json, results.md, pck_curve.png")
     if args.save_examples:
         print(f"wrote {results['examples']['index']}")

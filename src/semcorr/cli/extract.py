@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -148,7 +147,7 @@ def _report(summary: ExtractSummary, cache: FeatureCache, info: DistInfo) -> Non
         f"in {summary.seconds:.1f} s on {info.world_size} process(es)"
     )
     for image_id, reason in summary.failed:
-        print(f"  failed: {image_id}: {reason}", file=sys.stderr)
+        print(f"  failed: {image_id}: {reason}")  # stderr keeps the one error line
 
 
 def run_extract(args: argparse.Namespace) -> ExtractSummary:
@@ -196,7 +195,7 @@ def _verify(args: argparse.Namespace) -> int:
     total, bad = cache.verify()
     print(f"{cache.root}: {total - len(bad)} of {total} entries sound")
     for _, reason in bad:
-        print(f"  bad: {reason}", file=sys.stderr)
+        print(f"  bad: {reason}")
     if bad:
         raise JobFailed(f"extract --verify: {len(bad)} corrupt of {total} entries (listed above;"
                         " a new extract run recomputes them)")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from semcorr.errors import InputError
+from semcorr.io import check_output_dir
 from semcorr.train.finetune.checkpoints import BEST
 from semcorr.train.finetune.config import build_config_from_sources
 from semcorr.train.finetune.report import cross_dataset_report
@@ -62,7 +63,15 @@ def _run_cli(args: Any) -> int:
             raise InputError(f"malformed --option {item!r}: expected KEY=VALUE")
         options.update(parse_overrides([f"{key.replace('-', '_')}={value}"]))
     config = build_config_from_sources(args.config, options)
-    best = Path(config.out) / BEST
+    best = check_output_dir(config.out) / BEST
+    reported = [(config.dataset, config.root, args.report_split), *_parse_report(args.report_on)]
+    if args.report_on:  # read after training, hours in: named now
+        from semcorr.data import create_dataset
+
+        for name, root, split in reported:
+            create_dataset(name, root, split=split)
+    if args.report_only and not best.is_file():
+        raise InputError(f"--report-only: {best}: no such checkpoint")
     if not args.report_only:
 
         def report(step: int, numbers: dict[str, float]) -> None:
@@ -76,9 +85,7 @@ def _run_cli(args: Any) -> int:
         import os
 
         if os.environ.get("RANK", "0") == "0":  # the process group is gone: ask torchrun's env
-            datasets = [(config.dataset, config.root, args.report_split)]
-            datasets += _parse_report(args.report_on)
-            print(cross_dataset_report(best, datasets, Path(config.out) / "report",
+            print(cross_dataset_report(best, reported, Path(config.out) / "report",
                                        limit=args.report_limit, device=config.device), end="")
     return 0
 

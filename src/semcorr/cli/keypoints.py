@@ -27,7 +27,13 @@ from semcorr.cli.common import choose_device, parse_key_values
 from semcorr.conventions import UNMATCHED
 from semcorr.errors import ImageError, InputError, JobFailed
 from semcorr.features.local import LocalFeatures, create_local_features, list_local_features
-from semcorr.io import atomic_write_bytes, atomic_write_json, load_image, parse_points
+from semcorr.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    check_output_dir,
+    load_image,
+    parse_points,
+)
 
 __all__ = [
     "add_parser",
@@ -136,16 +142,20 @@ def _jsonable(config: object) -> dict[str, Any]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    out_dir = check_output_dir(args.out)  # made by the first file written
+    if not any(Path(p).is_file() for p in args.images):
+        raise InputError(f"none of the {len(args.images)} image file(s) exists (first: "
+                         f"{args.images[0]})")
+    _output_paths(args.images, out_dir)
     model = model_from_args(args.model, args.weights, args.device, _config_options(args))
-    out_dir = Path(args.out)
     report = extract_to_files(model, args.images, out_dir, overwrite=args.overwrite)
-    atomic_write_json(out_dir / "last_run.json", report)
     print(f"wrote {len(report['written'])} file(s), skipped {len(report['skipped'])} done, "
           f"{len(report['failed'])} failed, in {out_dir}")
-    for failure in report["failed"]:
-        print(f"semcorr: skipped: {failure}", file=sys.stderr)
+    for failure in report["failed"]:  # on stdout: stderr keeps the one error line
+        print(f"  failed: {failure}")
     if report["failed"] and not (report["written"] or report["skipped"]):
         raise JobFailed(f"keypoints: all {len(report['failed'])} image(s) failed (listed above)")
+    atomic_write_json(out_dir / "last_run.json", report)
     return 0
 
 

@@ -16,7 +16,13 @@ from semcorr.cli.common import (
     refiner_from_args,
 )
 from semcorr.errors import InputError
-from semcorr.io import atomic_write_json, check_output_dir, load_image, parse_points
+from semcorr.io import (
+    atomic_write_json,
+    check_output_dir,
+    load_image,
+    open_image,
+    parse_points,
+)
 from semcorr.pipeline import Matcher, MatchResult
 
 __all__ = ["add_parser", "parse_points", "refuse_dense_options", "run_match", "write_matches"]
@@ -116,6 +122,9 @@ def _run(args: argparse.Namespace) -> int:
         refuse_dense_options(args)
         return run_sparse_match(args)
     points = parse_points(args.points)
+    for path in (args.source, *args.targets):  # headers only: named before any weights
+        with open_image(path):
+            pass
     backbone = backbone_from_args(args)
     matcher = Matcher(backbone, refine=refiner_from_args(args, backbone),
                       pose_align=args.pose_align)

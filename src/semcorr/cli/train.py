@@ -12,14 +12,10 @@ pairs made from any image folder; settings come from the defaults, then an optio
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 from semcorr.cli.sd4match import add_sd4match_parser
-from semcorr.errors import InputError
 
 __all__ = ["METHODS", "add_parser"]
 
@@ -41,29 +37,14 @@ _R2D2_OPTIONS: dict[str, tuple[type, str]] = {
 }
 
 
-def _read_config_file(path: str | None) -> dict[str, Any]:
-    if path is None:
-        return {}
-    file = Path(path)
-    if not file.is_file():
-        raise InputError(f"{file}: no such config file")
-    try:
-        data = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{file}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{file}: a config file holds a JSON object")
-    return data
-
-
 def _run_r2d2(args: argparse.Namespace) -> int:
-    from semcorr.train.r2d2 import config_from_options, train_r2d2
+    from semcorr.config import build_config
+    from semcorr.train.r2d2 import R2D2TrainConfig, train_r2d2
 
-    options = _read_config_file(args.config)
-    options.update({k: getattr(args, k) for k in _R2D2_OPTIONS if getattr(args, k) is not None})
-    options.pop("images", None)
-    options.pop("out", None)
-    config = config_from_options(args.images, args.out, **options)
+    options = {k: getattr(args, k) for k in _R2D2_OPTIONS if getattr(args, k) is not None}
+    # defaults < --config file < options; each value type-checked, naming where it came from
+    config = build_config(R2D2TrainConfig, args.config,
+                          {**options, "images": args.images, "out": args.out})
 
     def report(step: int, losses: dict[str, float]) -> None:
         if step % max(1, args.log_every) == 0 or step + 1 == config.steps:

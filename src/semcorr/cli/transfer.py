@@ -28,7 +28,7 @@ from semcorr.cli.common import (
     refine_settings,
 )
 from semcorr.errors import JobFailed
-from semcorr.io import check_output_file
+from semcorr.io import check_output_dir, check_output_file
 
 __all__ = ["add_parser", "run_transfer"]
 
@@ -36,11 +36,15 @@ __all__ = ["add_parser", "run_transfer"]
 def run_transfer(args: argparse.Namespace) -> Path:
     """Run the job described by parsed arguments; returns the output path."""
     from semcorr.distributed import cleanup, init_from_env, local_device
-    from semcorr.transfer import TransferConfig, main
+    from semcorr.transfer import TransferConfig, list_images, load_annotations, main
 
     check_output_file(args.out)
     if args.sheet is not None:
         check_output_file(args.sheet, "--sheet")
+    if args.cache is not None:
+        check_output_dir(args.cache, "--cache")
+    load_annotations(args.sources, args.category, args.image_root)  # inputs before any weights
+    list_images(args.images)
     device = choose_device(args.device)
     info = init_from_env(use_cuda=device.type == "cuda")
     try:
@@ -61,17 +65,23 @@ def run_transfer(args: argparse.Namespace) -> Path:
 
             cache = FeatureCache.for_backbone(args.cache, backbone, args.weights,
                                               storage=args.cache_dtype)
-        bar = tqdm(desc="transfer", unit="image", disable=not info.is_main or args.quiet)
+        bars: list[tqdm] = []  # opened when the work starts, after every input is read
+
+        def start(total: int) -> None:
+            bars.append(tqdm(total=total, desc="transfer", unit="image",
+                             disable=not info.is_main or args.quiet))
+
         out = main(
             args.sources, args.images, args.out, backbone, config,
             backbone_name=args.backbone, category=args.category, image_root=args.image_root,
-            cache=cache, overwrite=args.overwrite, progress=bar.update,
-            on_start=lambda n: bar.reset(total=n),
+            cache=cache, overwrite=args.overwrite, progress=lambda n: bars[-1].update(n),
+            on_start=start,
             rank=info.rank, world_size=info.world_size,
             fingerprint_extra={"weights": args.weights, "head": args.head,
                                "head_weights": args.head_weights},
         )
-        bar.close()
+        for bar in bars:
+            bar.close()
         if info.is_main:
             _report(out, args)
         return out
@@ -88,7 +98,7 @@ def _report(out: Path, args: argparse.Namespace) -> None:
           f">= {args.min_score:g}")
     for failure in document["semcorr"]["failed"]:
         print(f"  skipped {failure['file_name']}: {failure['error']}")
-    if args.sheet is not None:
+    if args.sheet is not None and annotations:
         from semcorr.viz.contact_sheet import contact_sheet_from_coco, save_contact_sheet
 
         root = Path(args.images) if Path(args.images).is_dir() else None
@@ -101,8 +111,10 @@ def _run(args: argparse.Namespace) -> int:
     out = run_transfer(args)
     document = json.loads(Path(out).read_text())
     failed = document["semcorr"]["failed"]
-    if failed and not document["annotations"]:
-        raise JobFailed(f"transfer: all {len(failed)} target image(s) failed (listed above)")
+    if failed and not document["annotations"]:  # leave only the resumable state
+        Path(out).unlink(missing_ok=True)
+        raise JobFailed(f"transfer: all {len(failed)} target image(s) failed (listed above; "
+                        f"resumable state in {out}.parts)")
     return 0
 
 

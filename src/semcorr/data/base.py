@@ -22,8 +22,11 @@ from semcorr.registry import Registry
 
 __all__ = [
     "DATASETS",
+    "OUTSIDE_TOLERANCE",
+    "BadPair",
     "PairDataset",
     "PairSample",
+    "annotation_problem",
     "create_dataset",
     "flip_permutation_from_pairs",
     "group_ids_from_groups",
@@ -33,6 +36,7 @@ __all__ = [
     "register_dataset",
     "require_dir",
     "require_file",
+    "sample_problem",
 ]
 
 
@@ -110,11 +114,46 @@ class PairSample:
 OUTSIDE_TOLERANCE = 1.0
 
 
-def sample_problem(sample: PairSample) -> str | None:
-    """Why a pair must not be scored (``None`` when it is sound): a visible keypoint that is not a
-    finite number, a visible source keypoint outside its image (beyond
-    :data:`OUTSIDE_TOLERANCE`), or a PCK reference length that is not a positive number (a box
-    of size 0, a single keypoint)."""
+class BadPair(InputError):
+    """A pair whose annotation cannot be used; ``pair_id`` names it (``#<index>`` when the
+    annotation is too malformed to give its name)."""
+
+    def __init__(self, pair_id: str, reason: str) -> None:
+        super().__init__(f"{pair_id}: {reason}")
+        self.pair_id = pair_id
+        self.reason = reason
+
+
+def _shape_problem(sample: PairSample) -> str | None:
+    """Why the fields of ``sample`` do not fit together (``None`` when they do)."""
+    n = sample.source_points.shape[0] if sample.source_points.dim() == 2 else -1
+    if sample.source_points.shape != (n, 2) or sample.target_points.shape != (n, 2):
+        return (f"keypoints must be (N, 2) in both images, got {tuple(sample.source_points.shape)}"
+                f" and {tuple(sample.target_points.shape)}")
+    per_keypoint = {"visible": sample.visible, "keypoint_ids": sample.keypoint_ids,
+                    "flip_permutation": sample.flip_permutation,
+                    "target_visible": sample.target_visible,
+                    "symmetry_groups": sample.symmetry_groups}
+    for name, value in per_keypoint.items():
+        if value is not None and value.shape != (n,):
+            return f"{name} must have one entry per keypoint ({n}), got {tuple(value.shape)}"
+    for name, box in (("source", sample.source_bbox), ("target", sample.target_bbox)):
+        if box is not None and (box.shape != (4,) or not torch.isfinite(box).all()):
+            return f"{name} bounding box must be 4 finite numbers x1, y1, x2, y2"
+    for name, size in (("source", sample.source_size), ("target", sample.target_size)):
+        if len(size) != 2 or min(size) < 1:
+            return f"{name} image size must be a positive (width, height), got {size}"
+    return None
+
+
+def annotation_problem(sample: PairSample) -> str | None:
+    """Why the annotation of a pair cannot be used (``None`` when it is sound): fields whose
+    shapes do not fit, a visible keypoint that is not a finite number, or a visible source
+    keypoint outside its image (beyond :data:`OUTSIDE_TOLERANCE`; a source point is never
+    clamped silently)."""
+    shape = _shape_problem(sample)
+    if shape is not None:
+        return shape
     rows = sample.visible.nonzero().flatten()
     for name, points in (("source", sample.source_points), ("target", sample.target_points)):
         bad = (~torch.isfinite(points[rows]).all(dim=1)).nonzero().flatten()
@@ -131,6 +170,16 @@ def sample_problem(sample: PairSample) -> str | None:
         x, y = points[k].tolist()
         return (f"source keypoint {int(sample.keypoint_ids[rows[k]])} ({x:g}, {y:g}) lies "
                 f"outside the {width}x{height} source image")
+    return None
+
+
+def sample_problem(sample: PairSample) -> str | None:
+    """Why a pair must not be scored (``None`` when it is sound): an
+    :func:`annotation_problem`, or a PCK reference length that is not a positive number (a box
+    of size 0, a single keypoint)."""
+    problem = annotation_problem(sample)
+    if problem is not None:
+        return problem
     reference = float(sample.pck_reference)
     if not (reference > 0 and reference < float("inf")):
         return (f"PCK reference length is {reference:g} (a box of size 0 or a single keypoint): "
@@ -171,11 +220,34 @@ class PairDataset(Sequence[PairSample]):
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError(index)
-        return self.sample(index)
+        return self.checked_sample(index)
 
     def __iter__(self) -> Iterator[PairSample]:
         for index in range(len(self)):
-            yield self.sample(index)
+            yield self.checked_sample(index)
+
+    def checked_sample(self, index: int) -> PairSample:
+        """:meth:`sample`, validated on read (see :func:`annotation_problem`).
+
+        Raises:
+            BadPair: naming the pair and the problem (malformed fields of an annotation file
+                included); callers skip, count and list such a pair.
+            InputError: for a missing or unreadable annotation file.
+            ImageError: for an image that cannot be read.
+        """
+        from semcorr.errors import SemcorrError
+
+        try:
+            sample = self.sample(index)
+        except SemcorrError:
+            raise
+        except (TypeError, ValueError, IndexError, KeyError) as exc:  # a field of the wrong kind
+            raise BadPair(f"#{index}", f"malformed annotation ({type(exc).__name__}: "
+                          f"{' '.join(str(exc).split())})") from None
+        problem = annotation_problem(sample)
+        if problem is not None:
+            raise BadPair(sample.pair_id, problem)
+        return sample
 
     def __repr__(self) -> str:
         name = type(self).__name__

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from semcorr.data.base import (
+    BadPair,
     PairDataset,
     PairSample,
     image_size,
@@ -111,9 +112,10 @@ class PFWillow(PairDataset):
         cls, i, j = self._pairs[index]
         source, target = self._images[cls][i], self._images[cls][j]
         src_pts, trg_pts = self._points[source], self._points[target]
+        pair_id = f"{cls}/{source.stem}-{target.stem}"
         for found in (src_pts, trg_pts):
-            if isinstance(found, str):
-                raise InputError(found)
+            if isinstance(found, str):  # an unreadable .mat spoils its pairs only
+                raise BadPair(pair_id, found)
         n = min(src_pts.shape[0], trg_pts.shape[0])
         src_pts, trg_pts = src_pts[:n], trg_pts[:n]
         return PairSample(
@@ -130,7 +132,7 @@ class PFWillow(PairDataset):
             pck_reference=float(keypoint_extent(trg_pts)),
             keypoint_ids=torch.arange(n),
             flip_permutation=torch.full((n,), -1, dtype=torch.long),
-            pair_id=f"{cls}/{source.stem}-{target.stem}",
+            pair_id=pair_id,
         )
 
 

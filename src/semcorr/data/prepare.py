@@ -309,16 +309,33 @@ def unreadable_files(root: Path) -> list[str]:
     return [f"{p.relative_to(root)}: {reason}" for p, reason in found if reason is not None]
 
 
+def bad_archives(spec: DatasetSpec, root: Path) -> list[str]:
+    """Every archive kept in ``root/.downloads`` (``--keep-archives``) whose checksum is known
+    and does not match, as ``"relative/path: reason"``."""
+    from semcorr.data.download import file_digest, parse_checksum
+
+    problems = []
+    for remote in spec.files:
+        path = root / ".downloads" / remote.filename
+        expected = parse_checksum(remote.checksum)
+        if expected is None or not path.is_file():
+            continue
+        if file_digest(path, expected[0]) != expected[1]:
+            problems.append(f"{path.relative_to(root)}: {expected[0]} differs from the "
+                            f"published {expected[1]}")
+    return problems
+
+
 def check_dataset(name: str, root: str | os.PathLike[str], contents: bool = True) -> list[str]:
     """What is missing from ``root`` for dataset ``name``, then (``contents``) every present
-    file that does not read: a zero-byte image or a garbage ``.mat`` is not "complete"
-    (empty = complete)."""
+    file that does not read (a zero-byte image or a garbage ``.mat`` is not "complete") and
+    every kept archive whose known checksum differs (empty = complete)."""
     spec = _spec(name)
     root = Path(root)
     if not root.is_dir():
         return [f"{root}/ (the folder itself)"]
     problems = spec.check(root)
-    return problems + unreadable_files(root) if contents else problems
+    return problems + unreadable_files(root) + bad_archives(spec, root) if contents else problems
 
 
 def _spec(name: str) -> DatasetSpec:

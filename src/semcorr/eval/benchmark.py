@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from semcorr.data.base import PairDataset, PairSample, sample_problem
+from semcorr.data.base import BadPair, PairDataset, PairSample, sample_problem
 from semcorr.errors import ImageError, InputError
 from semcorr.eval.metrics import (  # noqa: F401  (public here as before)
     CURVE_ALPHAS,
@@ -255,10 +255,13 @@ def _predict(
                                                        stretched.source))
         source_mask = target_mask = None  # masks live in the original frame, not the stretched
     else:
-        points = sample.source_points[rows].float()
+        given = sample.source_points[rows].float()
         points = torch.stack(  # annotations a hair outside the image are pulled onto its border
-            [points[:, 0].clamp(0, source.width - 1), points[:, 1].clamp(0, source.height - 1)],
+            [given[:, 0].clamp(0, source.width - 1), given[:, 1].clamp(0, source.height - 1)],
             dim=1)
+        moved = int((points != given).any(dim=1).sum())
+        if moved:  # reported: counted in results.json ("source_keypoints_clamped")
+            record["source_clamped"] = moved
         source_mask, target_mask = _pair_masks(view, sample)
     result = view.match(source, [target], points, flip_permutation=_partners(sample, rows),
                         source_mask=source_mask, target_masks=[target_mask])[0]
@@ -334,13 +337,17 @@ def export_predictions(
     with path.open("a", encoding="utf-8") as handle:
         for index in tqdm(range(total), desc="evaluating", unit="pair", disable=not progress):
             try:
-                sample = dataset[index]
+                sample = dataset[index]  # validated on read (data.base.annotation_problem)
             except (ImageError, InputError) as exc:  # a bad image or annotation file
-                pair_id = f"#{index}"
+                pair_id = exc.pair_id if isinstance(exc, BadPair) else f"#{index}"
+                reason = exc.reason if isinstance(exc, BadPair) else str(exc)
                 in_scope.add(pair_id)
                 if pair_id not in done:
-                    handle.write(json.dumps({"pair_id": pair_id, "skipped": str(exc)}) + "\n")
+                    handle.write(json.dumps({"pair_id": pair_id, "skipped": reason}) + "\n")
                     handle.flush()
+                    done.add(pair_id)
+                    if log is not None:
+                        log(f"skipped {pair_id}: {reason}")
                 continue
             in_scope.add(sample.pair_id)
             if sample.pair_id in done:

@@ -16,25 +16,87 @@ import torch
 from semcorr.eval.pck import PCKAccumulator, PCKStatistics, format_threshold
 from semcorr.eval.protocols import PCKProtocol, get_protocol
 
-__all__ = ["CURVE_ALPHAS", "compute_metrics", "read_predictions"]
+__all__ = ["CURVE_ALPHAS", "compute_metrics", "read_predictions", "record_problem"]
 
 #: α values of the PCK-vs-α curve (0.01 to 0.20), added to the reported thresholds.
 CURVE_ALPHAS: tuple[float, ...] = tuple(round(0.01 * k, 2) for k in range(1, 21))
 _MAX_LISTED_SKIPS = 100
 
 
+def _points(value: Any, name: str) -> torch.Tensor:
+    """``(N, 2)`` float64 points of a record field; ``ValueError`` naming ``name``."""
+    try:
+        points = torch.tensor(value, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"{name!r} must be a list of [x, y] numbers") from None
+    if points.numel() and (points.dim() != 2 or points.shape[1] != 2):
+        raise ValueError(f"{name!r} must be a list of [x, y] numbers")
+    if not torch.isfinite(points).all():
+        raise ValueError(f"{name!r} holds a number that is not finite")
+    return points.reshape(-1, 2)
+
+
+def record_problem(record: Any) -> str | None:
+    """Why a predictions record cannot be scored (``None`` when it is sound): not an object, no
+    string ``pair_id``, or (unless ``skipped``) a ``category``, ``pred``/``gt`` of ``(N, 2)``
+    finite numbers, ``geo_aware`` of N booleans and a positive finite ``reference``."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    if not isinstance(record.get("pair_id"), str):
+        return "'pair_id' must be a string"
+    if "skipped" in record:
+        return None if isinstance(record["skipped"], str) else "'skipped' must be a string"
+    if not isinstance(record.get("category"), str):
+        return "'category' must be a string"
+    try:
+        pred, gt = _points(record.get("pred"), "pred"), _points(record.get("gt"), "gt")
+    except ValueError as exc:
+        return str(exc)
+    geo = record.get("geo_aware")
+    if pred.shape != gt.shape or not isinstance(geo, list) or len(geo) != len(gt) or not all(
+            isinstance(g, bool) for g in geo):
+        return "'pred', 'gt' and 'geo_aware' must hold one entry per keypoint"
+    ids = record.get("keypoint_ids", [0] * len(gt))
+    if not isinstance(ids, list) or len(ids) != len(gt) or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        return "'keypoint_ids' must hold one integer per keypoint"
+    if not isinstance(record.get("extra", {}), dict):
+        return "'extra' must be an object"
+    clamped = record.get("source_clamped", 0)
+    if isinstance(clamped, bool) or not isinstance(clamped, int) or not 0 <= clamped <= len(gt):
+        return "'source_clamped' must be a count of keypoints"
+    reference = record.get("reference")
+    if isinstance(reference, bool) or not isinstance(reference, (int, float)) or not (
+            0 < reference < float("inf")):
+        return "'reference' must be a positive finite number"
+    return None
+
+
 def read_predictions(path: Path) -> Iterator[dict[str, Any]]:
-    """Stream the records of a predictions file, ignoring a torn last line."""
+    """Stream the records of a predictions file, ignoring a torn last line (a killed run's).
+
+    Raises:
+        InputError: naming the file and line of a record that is not JSON or cannot be scored
+            (see :func:`record_problem`).
+    """
+    from semcorr.errors import InputError
+
     if not path.is_file():
         return
-    with path.open("r", encoding="utf-8") as handle:
-        for line in handle:
+    with path.open("r", encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
             if not line.endswith("\n"):
                 return  # torn write of a killed run
             try:
-                yield json.loads(line)
+                record = json.loads(line)
             except json.JSONDecodeError:
-                continue
+                problem: str | None = "not valid JSON"
+            else:
+                problem = record_problem(record)
+            if problem is not None:
+                raise InputError(f"{path}:{number}: {problem} (a damaged predictions file: "
+                                 "use --overwrite or another --out)")
+            yield record
 
 
 def compute_metrics(
@@ -57,6 +119,9 @@ def compute_metrics(
 
     Returns:
         The accumulator's summary plus ``pairs``, ``skipped``, ``skipped_pairs``,
+        ``source_keypoints_clamped`` (visible source keypoints within
+        :data:`~semcorr.data.base.OUTSIDE_TOLERANCE` outside their image, pulled onto its
+        border),
         ``pose_alignment`` (``distance_used``: pairs aligned with each instance matching
         distance, ``mask`` or ``mutual-nn``), ``curve`` (``alpha``, ``per_image``,
         ``per_keypoint`` over :data:`CURVE_ALPHAS`) and ``breakdowns``
@@ -74,7 +139,7 @@ def compute_metrics(
     statistics = PCKStatistics(thresholds) if protocol.statistics else None
     seen: set[str] = set()
     skipped: list[dict[str, str]] = []
-    pairs = 0
+    pairs = clamped = 0
     pose_distances: dict[str, int] = {}
     for record in read_predictions(predictions):
         pair_id = record.get("pair_id")
@@ -85,6 +150,7 @@ def compute_metrics(
             skipped.append({"pair_id": pair_id, "reason": record["skipped"]})
             continue
         pairs += 1
+        clamped += int(record.get("source_clamped", 0))
         if "pose_distance" in record:
             metric = record["pose_distance"]
             pose_distances[metric] = pose_distances.get(metric, 0) + 1
@@ -113,6 +179,7 @@ def compute_metrics(
         "pairs": pairs,
         "skipped": len(skipped),
         "skipped_pairs": skipped[:_MAX_LISTED_SKIPS],
+        "source_keypoints_clamped": clamped,
         "pck": pick(summary["pck"]),
         "per_category": {c: pick(t) for c, t in summary["per_category"].items()},
         "counts": summary["counts"],

@@ -32,8 +32,8 @@ def _unpickler_detail(exc: BaseException) -> tuple[bool, str]:
     ``GLOBAL``), and the reason itself (``"Unsupported operand 103"``), without its advice."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     for line in lines:
-        if "unsupported global" in line.lower():
-            return True, line[:200]
+        if "unsupported global" in line.lower():  # "... by default. Please use ..." dropped
+            return True, line.partition(" Please use")[0][:200]
     for i, line in enumerate(lines):
         if line.endswith("WeightsUnpickler error:") and i + 1 < len(lines):
             return False, lines[i + 1][:200]

@@ -43,7 +43,7 @@ from semcorr.errors import InputError
 from semcorr.features.base import Backbone, create_backbone
 from semcorr.features.cache import FeatureCache, cached_extract
 from semcorr.features.fusion import resample_parts
-from semcorr.io import atomic_write_bytes, atomic_write_json
+from semcorr.io import atomic_write_bytes, atomic_write_json, check_output_dir
 from semcorr.match.rules import window_soft_argmax2d
 from semcorr.match.similarity import cosine_similarity, sample_descriptors
 from semcorr.postprocess.aggregation import AggregationNetwork
@@ -333,7 +333,17 @@ def _dataset(config: GeoAwareTrainConfig, out: Path) -> tuple[list[PairSample],
     from semcorr.data import create_dataset
 
     dataset = create_dataset(config.dataset, config.root, config.split)
-    return [dataset[i] for i in range(len(dataset))], []
+    samples, skipped = [], []
+    for index in range(len(dataset)):
+        try:  # validated on read (data.base.annotation_problem)
+            samples.append(dataset[index])
+        except InputError as exc:
+            skipped.append(str(exc))
+    for reason in skipped[:20]:
+        print(f"skipped {reason}", flush=True)
+    if len(skipped) > 20:
+        print(f"skipped {len(skipped) - 20} more pair(s)", flush=True)
+    return samples, []
 
 
 def _build_backbone(config: GeoAwareTrainConfig, device: torch.device) -> Backbone:
@@ -386,16 +396,34 @@ def _make_head(config: GeoAwareTrainConfig) -> AggregationNetwork:
 
 
 def _check_run(out: Path, config: GeoAwareTrainConfig) -> None:
+    """Refuse an ``out`` that cannot be written or holds a run with other settings (nothing is
+    written: the folder is made when the work starts)."""
+    check_output_dir(out, "out")
+    if config.cache:
+        check_output_dir(config.cache, "cache")
+    if config.init and not Path(config.init).is_file():
+        raise InputError(f"init {config.init}: no such weights file")
+    if config.eval_dataset:  # read at the first evaluation, hours in: named now
+        from semcorr.data import create_dataset
+
+        create_dataset(config.eval_dataset, config.eval_root or config.root, config.eval_split)
     saved = out / "config.json"
     digest = config_hash(config.identity())
     if saved.is_file():
-        previous = json.loads(saved.read_text()).get("identity_hash")
+        try:
+            previous = json.loads(saved.read_text()).get("identity_hash")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            raise InputError(f"{saved}: unreadable record of a previous run") from None
         if previous != digest and (out / "last.pt").is_file():
             raise InputError(
                 f"{out}: holds a run with other settings (config {previous}, this one "
                 f"{digest}); use another --out folder"
             )
-    atomic_write_json(saved, {"config": config_to_dict(config), "identity_hash": digest})
+
+
+def _save_config(out: Path, config: GeoAwareTrainConfig) -> None:
+    atomic_write_json(out / "config.json", {"config": config_to_dict(config),
+                                            "identity_hash": config_hash(config.identity())})
 
 
 def train_geoaware(
@@ -429,6 +457,8 @@ def train_geoaware(
         if not samples:
             raise InputError(f"{config.dataset}: no training pairs")
         backbone = _build_backbone(config, device)
+        if info.is_main:  # every input read: the work starts
+            _save_config(out, config)
         cache = _fill_cache(config, out, backbone, [*samples, *val_samples], info.rank,
                             info.world_size)
         val = [load_pair(cache, s, config.feature_parts) for s in val_samples]

@@ -302,12 +302,12 @@ def train_sd4match(config: SD4MatchTrainConfig,
         The path of ``prompt.safetensors``.
     """
     from semcorr import distributed
-    from semcorr.io import atomic_write_json
+    from semcorr.io import atomic_write_json, check_output_dir
     from semcorr.train.checkpoint import load_checkpoint, save_checkpoint, unwrap
     from semcorr.train.sd4match_pairs import steps_per_epoch
 
     config.check()
-    out = Path(config.out)
+    out = check_output_dir(config.out, "out")  # made by the first write, after the checks
     joined = torch.distributed.is_available() and torch.distributed.is_initialized()
     dist = distributed.init_from_env(use_cuda=config.device != "cpu")
     device = _device(config.device, dist)

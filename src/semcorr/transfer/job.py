@@ -63,6 +63,14 @@ def _still_current(record: dict[str, Any] | None, path: Path) -> bool:
     return record is not None and record.get("stamp") == quick_stamp(path)
 
 
+def _next_generation(parts: Path) -> int:
+    """One more than the newest run that wrote into ``parts`` (0 for a fresh job). Part names
+    carry it, so a resumed run, whose batch may start at the index of an earlier batch and hold
+    fewer targets, never overwrites an earlier part; its records sort after (and win)."""
+    runs = [int(p.name.split("-")[1][1:]) for p in parts.glob("part-g*-*.json")]
+    return max(runs, default=-1) + 1
+
+
 def main(
     annotations: str | os.PathLike[str],
     images: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
@@ -161,13 +169,14 @@ def _run(
     prepared = [_prepare_source(matcher, s, perm) for s in sources.sources]
     size = matcher.batch_size_for(prepared[0].features,
                                   len(prepared) * prepared[0].descriptors.shape[1])
+    generation = _next_generation(parts)
     index_of = dict(zip(pending, indices, strict=True))
     loaded = prefetch(pending, lambda p: (p, _try_load(p)), config.workers,
                       size + config.workers)
     with closing(loaded):
         for pairs in _batches(loaded, size):
             _write_batch(backbone, matcher, prepared, pairs, parts, config, cache,
-                         f"part-{rank:03d}-{index_of[pairs[0][0]]:07d}.json")
+                         f"part-g{generation:04d}-{rank:03d}-{index_of[pairs[0][0]]:07d}.json")
             if progress is not None:
                 progress(len(pairs))
 

@@ -14,10 +14,10 @@ import torch
 from torch import nn
 
 from semcorr.config import config_to_dict
-from semcorr.data.base import PairDataset, PairSample
+from semcorr.data.base import PairDataset, PairSample, sample_problem
 from semcorr.errors import ImageError, InputError, WeightsError
 from semcorr.features.base import Backbone, create_backbone
-from semcorr.io import atomic_write_json, load_image
+from semcorr.io import atomic_write_json, check_output_dir, load_image
 from semcorr.train.finetune.batches import _InputCache, batch_indices, make_batch
 from semcorr.train.finetune.checkpoints import (
     BEST,
@@ -73,13 +73,15 @@ def validation_pck(
     matcher = Matcher(backbone, refine="window", window=window)
     values = []
     for index in indices:
-        sample = dataset[index]
+        try:  # a bad pair (see data.base.sample_problem) is not scored
+            sample = dataset[index]
+            if sample_problem(sample) is not None:
+                continue
+            source, target = load_image(sample.source_path), load_image(sample.target_path)
+        except (ImageError, InputError):
+            continue
         rows = sample.visible.nonzero().flatten()
         if rows.numel() == 0:
-            continue
-        try:
-            source, target = load_image(sample.source_path), load_image(sample.target_path)
-        except ImageError:
             continue
         points = sample.source_points[rows].float()
         points = torch.stack([points[:, 0].clamp(0, source.shape[-1] - 1),
@@ -201,10 +203,10 @@ def _samples(run: _Run, indices: Sequence[int]) -> list[PairSample]:
     samples = []
     for index in indices:
         try:
-            sample = run.train_set[index]
+            sample = run.train_set[index]  # validated on read: a bad pair is skipped, listed
             run.inputs(sample.source_path)
             run.inputs(sample.target_path)
-        except ImageError as exc:
+        except (ImageError, InputError) as exc:
             if str(exc) not in run.state.skipped:
                 run.state.skipped.append(str(exc))
             continue
@@ -256,6 +258,13 @@ def _validate(run: _Run) -> float | None:
 def _setup(config: FinetuneConfig, rank: int, world: int, device: torch.device) -> _Run:
     from semcorr.data import create_dataset
 
+    # the datasets first: a missing root is named before any weights are fetched
+    train_set = create_dataset(config.dataset, config.root, split=config.train_split,
+                               **config.dataset_options)
+    val_set = None
+    if config.val_split:
+        val_set = create_dataset(config.dataset, config.root, split=config.val_split,
+                                 **config.dataset_options)
     backbone = create_backbone(config.backbone, weights=config.weights,
                                **config.backbone_options).to(device).eval()
     trained = freeze_for_finetuning(backbone, config.layers)
@@ -264,12 +273,6 @@ def _setup(config: FinetuneConfig, rank: int, world: int, device: torch.device) 
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(config.warmup, config.steps, config.min_lr_ratio))
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
-    train_set = create_dataset(config.dataset, config.root, split=config.train_split,
-                               **config.dataset_options)
-    val_set = None
-    if config.val_split:
-        val_set = create_dataset(config.dataset, config.root, split=config.val_split,
-                                 **config.dataset_options)
     return _Run(config, backbone, trained, params, optimizer, scheduler, scaler, train_set,
                 val_set, _InputCache(backbone), device, rank, world,
                 _base_record(config, backbone, trained), _State())
@@ -324,14 +327,14 @@ def train_finetune(
     device = choose_device(config.device)
     info = init_from_env(use_cuda=device.type == "cuda")
     try:
-        out = Path(config.out)
-        out.mkdir(parents=True, exist_ok=True)
+        out = check_output_dir(config.out)
         if (out / LAST).is_file() and not resume:
             raise InputError(f"{out / LAST}: a run exists; add --resume or use another --out")
         run = _setup(config, info.rank, info.world_size, local_device(device, info))
         if resume and (out / LAST).is_file():
             _resume(run, out / LAST)
-        if info.is_main:
+        if info.is_main:  # every input read: the work starts
+            out.mkdir(parents=True, exist_ok=True)
             atomic_write_json(out / "config.json", config_to_dict(config))
         while run.state.step < config.steps:
             start = time.perf_counter()

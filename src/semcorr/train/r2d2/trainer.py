@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -195,9 +195,8 @@ def _resume(path: Path, saved_conf: dict[str, Any], model: R2D2,
 
 
 def config_from_options(images: str, out: str, **options: Any) -> R2D2TrainConfig:
-    """Build a :class:`R2D2TrainConfig`, refusing unknown options."""
-    known = {f.name for f in fields(R2D2TrainConfig)}
-    unknown = set(options) - known
-    if unknown:
-        raise InputError(f"unknown training option(s): {', '.join(sorted(unknown))}")
-    return R2D2TrainConfig(images=images, out=out, **options)
+    """Build a :class:`R2D2TrainConfig`, refusing unknown options and values of the wrong type
+    or not finite (``steps: "abc"``, ``lr: nan``) with an :class:`InputError` naming them."""
+    from semcorr.config import build_config
+
+    return build_config(R2D2TrainConfig, None, {**options, "images": images, "out": out})

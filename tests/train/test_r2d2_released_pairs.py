@@ -147,3 +147,61 @@ def test_synthetic_pairs_through_the_loader(official, photo: Image.Image,
         assert ours["image1"].shape == ours["image2"].shape == (192, 192, 3)
         valid_share.append(float(np.isfinite(ours["aflow"][0]).mean()))
     assert min(valid_share) == 1.0  # synthetic flow is defined everywhere (no mask)
+
+
+@pytest.fixture
+def wasf_in_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The fixture layout at ./data: the released Aachen classes only read the default root."""
+    from r2d2_fixtures import write_wasf
+
+    root = write_wasf(tmp_path / "data", shared_path("r2d2"))
+    monkeypatch.chdir(tmp_path)
+    return root
+
+
+def test_style_transfer_pairs_through_the_loader(official, wasf_in_cwd: Path) -> None:
+    """S source: the day image and its rendering, the rendering rescaled, tilted and noised,
+    then the loader's stage: the released sample exactly."""
+    from semcorr.data.r2d2_training import style_transfer_pairs
+    from semcorr.train.r2d2.released_pairs import transformed_pair
+
+    pairs = official.aachen.AachenPairs_StyleTransferDayNight()
+    loader = official.dataloader.PairLoader(
+        official.pair_dataset.TransformedPairs(
+            pairs, "RandomScale(256,1024,can_upscale=True), RandomTilting(0.5), PixelNoise(25)"),
+        scale="RandomScale(256,1024,can_upscale=True)", distort="ColorJitter(0.2,0.2,0.2,0.1)",
+        crop="RandomCrop(192)", norm=lambda a: a, idx_as_rng_seed=True)
+    ours_by_name = {night.name: (day, night) for day, night in style_transfer_pairs(wasf_in_cwd)}
+    for index in range(len(loader)):
+        theirs = loader[index]
+        day, night = ours_by_name[Path(pairs.get_filename(pairs.image_pairs[index][1])).name]
+        rng = PairRandom.from_seed(index)
+        raw = transformed_pair(Image.open(day).convert("RGB"), Image.open(night).convert("RGB"),
+                               rng)
+        _same_sample(theirs, official_pair(raw.image1, raw.image2, raw.aflow, raw.mask, rng))
+
+
+def test_flow_pairs_through_the_loader(official, wasf_in_cwd: Path) -> None:
+    """F source: stored flow and mask (PNG and raw file), then the loader's stage."""
+    from semcorr.data.r2d2_training import optical_flow_pairs, read_flow, read_mask
+    from semcorr.train.r2d2.released_pairs import flow_pair
+
+    pairs = official.aachen.AachenPairs_OpticalFlow()
+    loader = official.dataloader.PairLoader(
+        pairs, scale="RandomScale(256,1024,can_upscale=True)",
+        distort="ColorJitter(0.2,0.2,0.2,0.1)", crop="RandomCrop(192)", norm=lambda a: a,
+        idx_as_rng_seed=True)
+    ours_by_name = {f.flow.name: f for f in optical_flow_pairs(wasf_in_cwd)}
+    masked = []
+    for index in range(len(loader)):
+        (wasf_in_cwd / "aachen/optical_flow/flow/2002_2001.png").write_bytes(b"not a png")
+        theirs = loader[index]  # the released reader replaces a broken PNG by a good one
+        files = ours_by_name[Path(pairs.get_flow_filename(index)).name]
+        rng = PairRandom.from_seed(index)
+        raw = flow_pair(Image.open(files.image1).convert("RGB"),
+                        Image.open(files.image2).convert("RGB"), read_flow(files.flow),
+                        read_mask(files.mask))
+        ours = official_pair(raw.image1, raw.image2, raw.aflow, raw.mask, rng)
+        _same_sample(theirs, ours)
+        masked.append(float(np.isnan(ours["aflow"][0]).mean()))
+    assert len(masked) == 2 and min(masked) > 0  # the masks reach the crops

@@ -85,3 +85,68 @@ def write_wasf(root: Path, shared: Path, size: tuple[int, int] = (240, 200)) -> 
     (flow_dir / "flow" / "2002_2001.png").write_bytes(b"not a png")  # raw file beside it
     write_flow_raw(-flow, flow_dir / "flow" / "2002_2001")
     return root
+
+
+def hpatches_homographies(width: int, height: int) -> dict[int, np.ndarray]:
+    """Mild known homographies H_1_k (k = 2..6) about the image centre: rotation, scale and a
+    little perspective, growing with k."""
+    cx, cy = width / 2, height / 2
+    out = {}
+    for k in range(2, 7):
+        angle, scale, tilt = 0.03 * (k - 1), 1 + 0.04 * (k - 1), 1e-4 * (k - 1)
+        centre = np.array([[1, 0, -cx], [0, 1, -cy], [0, 0, 1]])
+        rotate = np.array([[scale * np.cos(angle), -scale * np.sin(angle), 0],
+                           [scale * np.sin(angle), scale * np.cos(angle), 0], [tilt, 0, 1]])
+        back = np.array([[1, 0, cx], [0, 1, cy], [0, 0, 1]])
+        h = back @ rotate @ centre
+        out[k] = h / h[2, 2]
+    return out
+
+
+def write_hpatches(root: Path, shared: Path, size: tuple[int, int] = (320, 256)) -> Path:
+    """``root`` with one viewpoint sequence (image k = image 1 warped by a known H_1_k), one
+    illumination sequence (image k = image 1 darker or brighter, H_1_k = identity) and an
+    incomplete ``v_talent`` (one of the sequences the protocol leaves out)."""
+    photo = _photos(shared)[2]
+    first = photo.crop((400, 250, 400 + size[0], 250 + size[1]))
+    view, light = root / "v_fixture", root / "i_fixture"
+    for folder in (view, light, root / "v_talent"):
+        folder.mkdir(parents=True)
+    first.save(view / "1.ppm")
+    first.save(light / "1.ppm")
+    # PIL samples the source at M (p + 0.5) with pixel centres at +0.5: M = T H^-1 T^-1
+    shift = np.array([[1, 0, 0.5], [0, 1, 0.5], [0, 0, 1]])
+    for k, h in hpatches_homographies(*size).items():
+        warped = _warp_in_context(photo, (400, 250), shift @ np.linalg.inv(h) @
+                                  np.linalg.inv(shift), size)
+        warped.save(view / f"{k}.ppm")
+        np.savetxt(view / f"H_1_{k}", h)
+        ImageEnhance.Brightness(first).enhance(0.5 + 0.2 * k).save(light / f"{k}.ppm")
+        np.savetxt(light / f"H_1_{k}", np.eye(3))
+    (root / "v_talent" / "1.ppm").write_bytes(b"")
+    return root
+
+
+def _warp_in_context(photo: Image.Image, origin: tuple[int, int], inverse: np.ndarray,
+                     size: tuple[int, int]) -> Image.Image:
+    """Image k: the output pixel p shows the photo at origin + H^-1 p, so real content fills
+    the borders (PIL's convention, pixel centres at +0.5, is folded into ``inverse``)."""
+    ox, oy = origin
+    to_photo = np.array([[1, 0, ox], [0, 1, oy], [0, 0, 1]]) @ inverse
+    coeffs = tuple((to_photo / to_photo[2, 2]).ravel()[:8])
+    return photo.transform(size, Image.PERSPECTIVE, coeffs, resample=Image.BICUBIC)
+
+
+def write_held_out(root: Path, shared: Path, size: tuple[int, int] = (240, 200)) -> Path:
+    """A root whose Aachen DB holds 4 crops that no fixture of :func:`write_wasf` uses (other
+    regions of the photographs), for held-out synthetic pairs."""
+    photos = _photos(shared)
+    db = root / "aachen" / "images_upright" / "db"
+    db.mkdir(parents=True)
+    crops = [photos[1].crop((250, 280, 250 + size[0], 280 + size[1])),
+             photos[0].crop((260, 300, 260 + size[0], 300 + size[1])),
+             photos[2].crop((900, 500, 900 + size[0], 500 + size[1])),
+             photos[2].crop((20, 600, 20 + size[0], 600 + size[1]))]
+    for k, image in enumerate(crops):
+        image.save(db / f"{9000 + k}.jpg", quality=95)
+    return root

@@ -158,3 +158,16 @@ def test_torchrun_two_processes(wasf: Path, tmp_path: Path) -> None:
                .splitlines()] for d in ("one", "two")]
     print("losses, 1 vs 2 processes:", losses)
     assert np.allclose(losses[0][0], losses[1][0], rtol=0.1)  # same data, BN per rank
+
+
+def test_loader_workers_make_the_same_batches(wasf: Path, tmp_path: Path) -> None:
+    from semcorr.train.r2d2.trainer import _batches
+
+    config = _config(wasf, tmp_path, batch_size=2)
+    dataset = ReleasedPairs(wasf, "SF", crop=64, seed=0)
+    alone = list(_batches(config, dataset, 0, 2))
+    config.workers = 2
+    workers = list(_batches(config, dataset, 0, 2))
+    assert [s for s, _, _ in alone] == [s for s, _, _ in workers] == [0, 1]
+    for (_, _, a), (_, _, b) in zip(alone, workers, strict=True):
+        assert all(torch.equal(a[k].nan_to_num(-7), b[k].nan_to_num(-7)) for k in a)

@@ -41,6 +41,7 @@ _R2D2_OPTIONS: dict[str, tuple[type, str]] = {
     "base": (float, "AP assumed for unreliable pixels (published 0.5)"),
     "num_bins": (int, "AP quantiser bins (default 20)"),
     "checkpoint_every": (int, "steps between checkpoints (default 100)"),
+    "workers": (int, "loader processes making the pairs (default 0; the pairs are the same)"),
     "epochs": (int, "wasf: passes over the data (released 25; sets the steps)"),
     "sources": (str, "wasf: letters of the sources mixed (released WASF)"),
 }

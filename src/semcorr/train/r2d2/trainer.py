@@ -70,6 +70,8 @@ class R2D2TrainConfig:
         num_bins, base: AP quantiser bins and reliability base.
         sampler: options of :func:`neighbourhood_sampler`.
         checkpoint_every: steps between checkpoints.
+        workers: loader processes making the pairs (0: in the training process); the pairs do
+            not depend on it.
         preset: ``custom`` or ``wasf`` (see the module docstring).
         sources: ``wasf``: letters of the sources mixed (W, A, S, F).
         epochs: when set, the run lasts this many passes over the data (``steps`` is then
@@ -93,6 +95,7 @@ class R2D2TrainConfig:
     base: float = 0.5
     sampler: dict[str, Any] = field(default_factory=dict)
     checkpoint_every: int = 100
+    workers: int = 0
     preset: str = "custom"
     sources: str = "WASF"
     epochs: int | None = None
@@ -106,6 +109,8 @@ class R2D2TrainConfig:
             raise InputError(f"unknown model {self.model!r} (known: {', '.join(_MODEL_ARCH)})")
         if self.steps < 0 or self.batch_size < 1 or self.crop < 2 * self.patch:
             raise InputError("need steps >= 0, batch_size >= 1 and crop >= 2 * patch")
+        if self.workers < 0:
+            raise InputError(f"workers must be >= 0, got {self.workers}")
 
     def net_string(self) -> str:
         """The constructor string saved as ``net`` (readable by the published loader)."""
@@ -141,24 +146,50 @@ def batch_items(config: R2D2TrainConfig, step: int, size: int) -> tuple[int, lis
     return epoch, chunk.tolist()
 
 
-def _item(dataset: torch.utils.data.Dataset, index: int, epoch: int) -> dict[str, torch.Tensor]:
-    sample = getattr(dataset, "sample", None)
-    return sample(index, epoch) if sample is not None else dataset[index]
+class _Keyed(torch.utils.data.Dataset):
+    """Items addressed by ``(epoch, index)``, so loader workers make exactly the items of the
+    one-process run (each is a function of its key)."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
+        epoch, index = key
+        sample = getattr(self.dataset, "sample", None)
+        return sample(index, epoch) if sample is not None else self.dataset[index]
+
+
+def _stack(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {key: torch.stack([it[key] for it in items]) for key in items[0]}
 
 
 def _batches(config: R2D2TrainConfig, dataset: torch.utils.data.Dataset, start_step: int,
              steps: int, rank: int = 0, world: int = 1
              ) -> Iterator[tuple[int, float, dict[str, torch.Tensor]]]:
     """``(step, share, batch)`` for steps ``start_step .. steps - 1``: this rank's items of the
-    step and their share of the whole batch."""
+    step (made by ``config.workers`` loader processes, or in this one) and their share of the
+    whole batch (an empty batch when the step has fewer items than ranks)."""
     from semcorr.distributed import shard
 
+    plan = []
     for step in range(start_step, steps):
         epoch, indices = batch_items(config, step, len(dataset))
         mine = shard(indices, rank, world)
-        items = [_item(dataset, index, epoch) for index in mine]
-        batch = {key: torch.stack([it[key] for it in items]) for key in items[0]} if items else {}
-        yield step, len(mine) / len(indices), batch
+        plan.append((step, len(mine) / len(indices), [(epoch, i) for i in mine]))
+    keyed = _Keyed(dataset)
+    loaded = iter(torch.utils.data.DataLoader(
+        keyed, batch_sampler=[keys for _, _, keys in plan if keys], collate_fn=_stack,
+        num_workers=config.workers)) if config.workers else None
+    for step, share, keys in plan:
+        if not keys:
+            yield step, share, {}
+        elif loaded is not None:
+            yield step, share, next(loaded)
+        else:
+            yield step, share, _stack([keyed[key] for key in keys])
 
 
 def make_dataset(config: R2D2TrainConfig) -> torch.utils.data.Dataset:
@@ -315,7 +346,7 @@ def _resume(path: Path, saved_conf: dict[str, Any], model: R2D2,
     if not path.is_file():
         return 0
     checkpoint = read_checkpoint(path)
-    extendable = ("steps", "epochs", "checkpoint_every")  # a run may be extended
+    extendable = ("steps", "epochs", "checkpoint_every", "workers")  # may change on resume
     previous = {k: v for k, v in (checkpoint.get("config") or {}).items() if k not in extendable}
     defaults = {"preset": "custom", "sources": "WASF"}  # runs saved before the presets
     previous = {**defaults, **previous}

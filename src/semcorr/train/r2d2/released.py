@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from functools import partial
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,6 +20,7 @@ from PIL import Image
 
 from semcorr.data.r2d2_training import (
     WEB_LISTS,
+    FlowPairFiles,
     aachen_db_images,
     optical_flow_pairs,
     read_flow,
@@ -50,24 +53,33 @@ def _open(path: os.PathLike[str] | str) -> Image.Image:
         raise ImageError(f"{path}: unreadable image ({exc})") from None
 
 
+def _synthetic(path: Path, rng: PairRandom) -> RawPair:
+    return synthetic_pair(_open(path), rng)
+
+
+def _style(day: Path, night: Path, rng: PairRandom) -> RawPair:
+    return transformed_pair(_open(day), _open(night), rng)
+
+
+def _flow(files: FlowPairFiles, rng: PairRandom) -> RawPair:
+    del rng  # a stored flow pair is not transformed before the final crop
+    return flow_pair(_open(files.image1), _open(files.image2), read_flow(files.flow),
+                     read_mask(files.mask))
+
+
 def _entries(root: str | os.PathLike[str], sources: str, web_lists: range
              ) -> list[Callable[[PairRandom], RawPair]]:
-    """One pair maker per pair of the mix, source after source."""
+    """One pair maker per pair of the mix, source after source (picklable, for workers)."""
     entries: list[Callable[[PairRandom], RawPair]] = []
     for letter in sources:
         if letter == "W":
-            entries += [lambda rng, p=p: synthetic_pair(_open(p), rng)
-                        for p in web_images(root, web_lists)]
+            entries += [partial(_synthetic, p) for p in web_images(root, web_lists)]
         elif letter == "A":
-            entries += [lambda rng, p=p: synthetic_pair(_open(p), rng)
-                        for p in aachen_db_images(root).values()]
+            entries += [partial(_synthetic, p) for p in aachen_db_images(root).values()]
         elif letter == "S":
-            entries += [lambda rng, a=a, b=b: transformed_pair(_open(a), _open(b), rng)
-                        for a, b in style_transfer_pairs(root)]
+            entries += [partial(_style, a, b) for a, b in style_transfer_pairs(root)]
         elif letter == "F":
-            entries += [lambda rng, f=f: flow_pair(_open(f.image1), _open(f.image2),
-                                                   read_flow(f.flow), read_mask(f.mask))
-                        for f in optical_flow_pairs(root)]
+            entries += [partial(_flow, f) for f in optical_flow_pairs(root)]
         else:
             raise InputError(f"unknown R2D2 training source {letter!r} (known: {SOURCES})")
     return entries

@@ -105,8 +105,9 @@ def test_cli_writes_the_three_splits(hpatches: Path, tmp_path: Path,
 @pytest.mark.slow
 def test_r2d2_published_weights_on_the_fixture(hpatches: Path, tmp_path: Path) -> None:
     """The released R2D2 on the fixture: its warps are mild and exact, so most mutual matches
-    are right; claiming the viewpoint images are not warped makes MMA collapse. About 4
-    minutes on one loaded core."""
+    are right; claiming the viewpoint images are not warped makes MMA collapse. Measured (top
+    300 keypoints): MMA@3 viewpoint 0.977, illumination 0.998; with identity homographies
+    viewpoint MMA@3 0.044. 11 minutes on a 2-core machine under a load of ~20."""
     from semcorr.features.local import create_local_features
     from semcorr.io import load_image
 

@@ -1,4 +1,6 @@
-"""``semcorr eval --dataset NAME --root DIR``: PCK of a matcher on a benchmark."""
+"""``semcorr eval --dataset NAME --root DIR``: PCK of a matcher on a benchmark, or, for
+``--dataset hpatches --model r2d2 --weights W``, the MMA of a local-feature model on HPatches
+sequences (:mod:`semcorr.eval.hpatches`)."""
 
 from __future__ import annotations
 
@@ -126,6 +128,39 @@ def _print_config(args: argparse.Namespace, settings: dict[str, Any]) -> int:
     return 0
 
 
+#: Benchmarks of local-feature models (keypoints + descriptors), measured by MMA.
+LOCAL_FEATURE_DATASETS = ("hpatches",)
+
+
+def _run_hpatches(args: argparse.Namespace) -> int:
+    from semcorr.devices import choose_device
+    from semcorr.eval.hpatches import evaluate_hpatches
+    from semcorr.features.local import create_local_features
+    from semcorr.io import atomic_write_json, load_image
+
+    if args.root is None:
+        raise InputError("--root is required (the hpatches-sequences-release folder)")
+    if args.model is None:
+        raise InputError("--dataset hpatches evaluates a local-feature model: --model r2d2 "
+                         "(or faster2d2) --weights FILE")
+    out = args.out or "semcorr-eval-hpatches"
+    check_output_dir(out)
+    device = choose_device(args.device)
+    model = create_local_features(args.model, weights=args.weights, top_k=args.top_k).to(device)
+    report = None if args.quiet else (lambda name: print(f"sequence {name}", flush=True))
+    results = evaluate_hpatches(lambda path: model.extract(load_image(path)), args.root,
+                                progress=report)
+    results.update(model=args.model, weights=args.weights, top_k=args.top_k)
+    print("| split | sequences | " + " | ".join(f"MMA@{t:g}" for t in results["thresholds"])
+          + " |")
+    for split, values in results["mma"].items():
+        count = results["sequences"].get(split, sum(results["sequences"].values()))
+        print(f"| {split} | {count} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
+    atomic_write_json(f"{out}/results.json", results)
+    print(f"wrote {out}/results.json")
+    return 0
+
+
 def _run(args: argparse.Namespace, defaults: dict[str, Any]) -> int:
     from semcorr.data import create_dataset
     from semcorr.eval.benchmark import evaluate
@@ -133,6 +168,8 @@ def _run(args: argparse.Namespace, defaults: dict[str, Any]) -> int:
     from semcorr.pipeline import Matcher
 
     settings = resolve_settings(args, defaults)
+    if args.dataset in LOCAL_FEATURE_DATASETS:
+        return _run_hpatches(args)
     _resolve_protocol(settings)
     args.protocol, args.thresholds = settings["protocol"], settings["thresholds"]
     if args.print_config:
@@ -198,8 +235,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     from semcorr.eval.presets import list_eval_presets
 
-    parser.add_argument("--dataset", default=None, choices=list_datasets(),
-                        help="benchmark (required unless the preset sets it)")
+    parser.add_argument("--dataset", default=None,
+                        choices=[*list_datasets(), *LOCAL_FEATURE_DATASETS],
+                        help="benchmark (required unless the preset sets it); hpatches: MMA "
+                        "of a local-feature --model")
+    parser.add_argument("--model", default=None,
+                        help="hpatches: local-feature model (r2d2, faster2d2) with --weights")
+    parser.add_argument("--top-k", type=int, default=5000,
+                        help="hpatches: keypoints kept per image (default 5000, as published)")
     parser.add_argument("--root", default=None, help="the dataset folder, as downloaded")
     parser.add_argument("--preset", default=None, metavar="NAME",
                         help="a published evaluation, setting for setting ("

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from semcorr.data.download import DownloadError, download, extract_archive
+from semcorr.data.r2d2_training import check_r2d2_training
 from semcorr.errors import InputError, SemcorrError
 
 __all__ = [
@@ -46,6 +47,10 @@ class RemoteFile:
         checksum: ``"sha256:HEX"`` / ``"md5:HEX"``, or ``None`` when none is published.
         extract: unpack it into the dataset folder (archives).
         note: provenance of the checksum, or why there is none.
+        into: sub-folder of the dataset folder it is unpacked into (default: the folder).
+        strip_top: drop an archive's single top folder when unpacking.
+        present: a path, relative to the dataset folder, whose existence means this file was
+            already unpacked (it is then not fetched again); empty: always fetched.
     """
 
     url: str
@@ -53,6 +58,9 @@ class RemoteFile:
     checksum: str | None = None
     extract: bool = True
     note: str = ""
+    into: str = ""
+    strip_top: bool = True
+    present: str = ""
 
 
 @dataclass(frozen=True)
@@ -182,6 +190,20 @@ def check_ap10k(root: Path) -> list[str]:
     return problems
 
 
+#: The downloads of naver/r2d2's download_training_data.sh (no checksums are published).
+R2D2_TRAINING_FILES = tuple(
+    RemoteFile(f"http://ptak.felk.cvut.cz/revisitop/revisitop1m/jpg/revisitop1m.{i}.tar.gz",
+               f"revisitop1m.{i}.tar.gz", None, note="no checksum is published; only the size "
+               "is checked", into="revisitop1m", strip_top=False, present="revisitop1m/0d3")
+    for i in range(1, 6)
+) + tuple(
+    RemoteFile(f"http://download.europe.naverlabs.com/3DVision/aachen_{name}.zip",
+               f"aachen_{name}.zip", None, note="no checksum is published; only the size is "
+               "checked", into="aachen", strip_top=False, present=f"aachen/{name}")
+    for name in ("style_transfer", "optical_flow")
+)
+
+
 DATASET_SPECS: dict[str, DatasetSpec] = {
     spec.name: spec
     for spec in (
@@ -227,6 +249,17 @@ DATASET_SPECS: dict[str, DatasetSpec] = {
             "and ROOT/data/*.jpg); 'semcorr data prepare ap10k' then builds the benchmark.",
         ),
         DatasetSpec(
+            "r2d2-training",
+            "R2D2's WASF training mix (Revaud et al., 2019): web images, Aachen DB, "
+            "style-transfer and optical-flow pairs",
+            R2D2_TRAINING_FILES,
+            check_r2d2_training,
+            manual="The Aachen Day-Night images are not freely downloadable: get "
+            "database_and_query_images.zip from the Aachen Day-Night page "
+            "(https://www.visuallocalization.net/datasets/, after accepting its terms) and "
+            "unpack it into ROOT/aachen/ (giving ROOT/aachen/images_upright/db/*.jpg).",
+        ),
+        DatasetSpec(
             "cub",
             "CUB-200-2011 (Wah et al., 2011)",
             (RemoteFile("https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz",
@@ -248,12 +281,15 @@ def _merge_into(source: Path, root: Path) -> None:
             shutil.move(str(item), str(target))
 
 
-def _unpack(archive: Path, root: Path) -> None:
-    """Extract into a scratch folder inside ``root``; a single top folder is stripped."""
+def _unpack(archive: Path, root: Path, strip_top: bool = True) -> None:
+    """Extract into a scratch folder inside ``root``; a single top folder is stripped (unless
+    ``strip_top`` is off)."""
+    root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root, prefix=".unpack-") as scratch:
         extract_archive(archive, scratch)
         entries = [p for p in Path(scratch).iterdir() if p.name != "__MACOSX"]
-        top = entries[0] if len(entries) == 1 and entries[0].is_dir() else Path(scratch)
+        single = len(entries) == 1 and entries[0].is_dir() and strip_top
+        top = entries[0] if single else Path(scratch)
         _merge_into(top, root)
 
 
@@ -264,12 +300,15 @@ def _url(remote: RemoteFile, mirror: str | None) -> str:
 def _fetch(spec: DatasetSpec, root: Path, mirror: str | None, progress: bool,
            report: dict[str, Any]) -> None:
     """Download every file of ``spec`` into ``root/.downloads`` and unpack it into ``root``."""
+    done = {r.filename for r in spec.files if r.present and (root / r.present).exists()}
     for remote in spec.files:
+        if remote.filename in done:
+            continue
         path = download(_url(remote, mirror), root / ".downloads" / remote.filename,
                         remote.checksum, progress=progress)
         report["downloaded"].append(remote.filename)
         if remote.extract:
-            _unpack(path, root)
+            _unpack(path, root / remote.into, remote.strip_top)
         else:
             shutil.copyfile(path, root / remote.filename)
 

@@ -3,8 +3,11 @@ homography pairs and a resumable trainer.
 
 One idea per module: :mod:`~semcorr.train.r2d2.sampling` (the flow and the pixel samplers),
 :mod:`~semcorr.train.r2d2.losses` (AP and confidence losses),
-:mod:`~semcorr.train.r2d2.synthetic` (synthetic homography pairs and their MMA) and
-:mod:`~semcorr.train.r2d2.trainer` (configuration, loop, checkpoints).
+:mod:`~semcorr.train.r2d2.synthetic` (synthetic homography pairs and their MMA),
+:mod:`~semcorr.train.r2d2.transforms`, :mod:`~semcorr.train.r2d2.released_pairs` and
+:mod:`~semcorr.train.r2d2.pair_crop` (the released pair generators),
+:mod:`~semcorr.train.r2d2.released` (the released WASF training set) and
+:mod:`~semcorr.train.r2d2.trainer` (configuration, presets, loop, checkpoints).
 
 Ground truth between two images is an *absolute flow* ``aflow`` ``(B, 2, H, W)`` (for each pixel
 of image 1, its position in image 2); samplers turn it and the descriptors of both images into a
@@ -29,6 +32,7 @@ from semcorr.train.r2d2.sampling import (
 from semcorr.train.r2d2.synthetic import (
     SyntheticPairs,
     flow_from_homography,
+    flow_mma,
     homography_from_corners,
     photometric_change,
     random_homography,
@@ -50,6 +54,7 @@ __all__ = [
     "SyntheticPairs",
     "cosim_loss",
     "flow_from_homography",
+    "flow_mma",
     "full_sampler",
     "grid_sampler",
     "homography_from_corners",

@@ -20,6 +20,7 @@ from semcorr.train.r2d2.sampling import _to_grid
 __all__ = [
     "SyntheticPairs",
     "flow_from_homography",
+    "flow_mma",
     "homography_from_corners",
     "photometric_change",
     "random_homography",
@@ -245,3 +246,34 @@ def synthetic_mma(model: R2D2, pairs: Sequence[dict[str, torch.Tensor]], thresho
         for p in pairs
     ]
     return float(mean_matching_accuracy(results)[0])
+
+
+def flow_mma(model: R2D2, pairs: Sequence[dict[str, torch.Tensor]], threshold: float = 3.0,
+             top_k: int = 500) -> float:
+    """MMA at ``threshold`` px of single-scale keypoints (best ``top_k``) over pairs whose
+    ground truth is a flow (items of :class:`~semcorr.train.r2d2.released.ReleasedPairs`):
+    mutual nearest neighbours are correct when the partner lies within ``threshold`` of where
+    the flow sends the keypoint; a keypoint without flow counts as wrong, a pair without
+    matches as 0."""
+    from semcorr.eval.homography import match_descriptors
+
+    config = R2D2Config.single_scale(reliability_threshold=0.0, repeatability_threshold=0.0,
+                                     top_k=top_k)
+    accuracies = []
+    for pair in pairs:
+        first, second = model.extract(pair["image1"], config), model.extract(pair["image2"],
+                                                                              config)
+        matches = match_descriptors(first["descriptors"], second["descriptors"])
+        matched = matches >= 0
+        if not bool(matched.any()):
+            accuracies.append(0.0)
+            continue
+        xy = first["keypoints"][matched, :2].round().long()
+        aflow = pair["aflow"]
+        xy[:, 0].clamp_(0, aflow.shape[-1] - 1)
+        xy[:, 1].clamp_(0, aflow.shape[-2] - 1)
+        truth = aflow[:, xy[:, 1], xy[:, 0]].t().to(torch.float64)
+        error = (truth - second["keypoints"][matches[matched], :2].to(torch.float64)).norm(dim=-1)
+        accuracies.append(float((torch.nan_to_num(error, nan=float("inf")) <= threshold)
+                                .double().mean()))
+    return sum(accuracies) / len(accuracies)

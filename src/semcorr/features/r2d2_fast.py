@@ -94,7 +94,8 @@ def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[torch.Tensor, tor
         weight = weight * inv.view(-1, 1, 1, 1)
         bias = bias * inv + shift
     dtype = conv.weight.dtype
-    return weight.to(dtype), bias.to(dtype)
+    # Channels-last like the activations: otherwise every call converts the weights.
+    return weight.to(dtype).contiguous(memory_format=torch.channels_last), bias.to(dtype)
 
 
 def _layers(ops: nn.ModuleList) -> list[PlanLayer]:

@@ -61,12 +61,15 @@ def import_official() -> types.ModuleType:
 
 
 def official_extract(extract: types.ModuleType, net: torch.nn.Module, detector: torch.nn.Module,
-                     image: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The official multi-scale extraction and top-k of one image ``(3, H, W)`` in [0, 1]."""
+                     image: torch.Tensor, top_k: int = TOP_K, **options: float
+                     ) -> dict[str, torch.Tensor]:
+    """The official multi-scale extraction (``options``: its keyword arguments, e.g.
+    ``min_size``) and top-k of one image ``(3, H, W)`` in [0, 1]."""
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    xys, desc, scores = extract.extract_multiscale(net, ((image - mean) / std)[None], detector)
-    order = scores.argsort(descending=True)[:TOP_K]
+    xys, desc, scores = extract.extract_multiscale(net, ((image - mean) / std)[None], detector,
+                                                   **options)
+    order = scores.argsort(descending=True)[:top_k]
     return {"keypoints": xys[order], "descriptors": desc[order], "scores": scores[order]}
 
 

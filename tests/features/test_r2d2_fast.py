@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,53 +22,17 @@ from semcorr.features.r2d2 import (
 )
 from semcorr.features.r2d2_fast import compile_plan
 from semcorr.io import load_image
-from shared_data import SHARED, shared_path
+from shared_data import shared_path
 
-REFERENCE = SHARED / "reference" / "naver+r2d2"
-
-
-def _randomise_bn(net: torch.nn.Module, seed: int = 0) -> None:
-    g = torch.Generator().manual_seed(seed)
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from bench_r2d2 import REFERENCE, agreement, import_official, official_extract  # noqa: E402
 
 
 def _official_extract() -> types.ModuleType:
-    """naver/r2d2's extract.py; its PIL/torchvision imports (image loading, unused here) are
-    stubbed only when those packages are not installed."""
+    """naver/r2d2's extract.py, imported as benchmarks/bench_r2d2.py does (same stubs)."""
     if not REFERENCE.is_dir():
         pytest.skip(f"{REFERENCE} is absent (../shared is not beside the repository)")
-    if str(REFERENCE) not in sys.path:
-        sys.path.insert(0, str(REFERENCE))
-    try:
-        import PIL.Image  # noqa: F401
-        import torchvision  # noqa: F401
-    except ImportError:
-        pil = types.ModuleType("PIL")
-        pil.Image = types.ModuleType("PIL.Image")
-        sys.modules.setdefault("PIL", pil)
-        sys.modules.setdefault("PIL.Image", pil.Image)
-        loader = types.ModuleType("tools.dataloader")
-        loader.norm_RGB = None
-        sys.modules.setdefault("tools.dataloader", loader)
-    import extract
-
-    return extract
-
-
-def _agreement(reference: dict[str, torch.Tensor], ours: dict[str, torch.Tensor]
-               ) -> tuple[float, torch.Tensor]:
-    """Share of reference keypoints with one of ours of the same scale within 1 px, and the
-    descriptor cosines of those pairs."""
-    a, b = reference["keypoints"], ours["keypoints"]
-    same_scale = (a[:, None, 2] - b[None, :, 2]).abs() < 1e-3
-    dist = torch.cdist(a[:, :2], b[:, :2]).masked_fill(~same_scale, float("inf"))
-    nearest, index = dist.min(dim=1)
-    hit = nearest <= 1.0
-    cosine = (reference["descriptors"][hit] * ours["descriptors"][index[hit]]).sum(dim=1)
-    return hit.float().mean().item(), cosine
+    return import_official()
 
 
 def _resized(name: str, width: int, height: int) -> torch.Tensor:
@@ -80,26 +45,25 @@ def _compare_with_official(image: torch.Tensor, min_size: int, top_k: int) -> No
     extract = _official_extract()
     weights = shared_path("r2d2", "r2d2_WASF_N16.pt")
     official = extract.load_network(str(weights))
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    xys, desc, scores = extract.extract_multiscale(
-        official, ((image - mean) / std)[None], extract.NonMaxSuppression(), min_size=min_size)
-    order = scores.argsort(descending=True)[:top_k]
-    reference = {"keypoints": xys[order], "descriptors": desc[order]}
+    reference = official_extract(extract, official, extract.NonMaxSuppression(), image,
+                                 top_k=top_k, min_size=min_size)
     model = create_local_features("r2d2", weights=str(weights))
     ours = model.extract(image, R2D2Config(min_size=min_size, top_k=top_k))
     assert reference["keypoints"].shape[0] > 100
     count, expected = ours["keypoints"].shape[0], reference["keypoints"].shape[0]
     assert abs(count - expected) <= 0.01 * expected
-    within, cosine = _agreement(reference, ours)
+    within, _, cosine_min = agreement(reference, ours)
     assert within >= 0.99, within
-    assert cosine.min().item() >= 0.999, cosine.min().item()
+    assert cosine_min >= 0.999, cosine_min
 
 
 @pytest.mark.parametrize("arch", ["Quad_L2Net_ConfCFS", "Fast_Quad_L2Net_ConfCFS"])
 def test_plan_equals_module(arch: str) -> None:
     net = build_network(arch, mchan=2, dim=32).eval()
-    _randomise_bn(net)
+    g = torch.Generator().manual_seed(0)
+    for bn in (m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        bn.running_mean.normal_(0.0, 0.1, generator=g)
+        bn.running_var.uniform_(0.5, 1.5, generator=g)
     images = torch.randn(2, 3, 45, 62)
     with torch.inference_mode():
         expected = net(images)
@@ -138,9 +102,9 @@ def test_fast_engine_equals_module_engine_on_a_photo() -> None:
     fast = model.extract(image, R2D2Config(min_size=64))
     plain = model.extract(image, R2D2Config(min_size=64, engine="module"))
     assert fast["keypoints"].shape[0] > 100
-    within, cosine = _agreement(plain, fast)
+    within, _, cosine_min = agreement(plain, fast)
     assert within >= 0.99
-    assert cosine.min().item() >= 0.9999
+    assert cosine_min >= 0.9999
     batch = ((image - torch.tensor(IMAGENET_MEAN).view(3, 1, 1))
              / torch.tensor(IMAGENET_STD).view(3, 1, 1))[None]
     with torch.inference_mode():

@@ -38,6 +38,7 @@ from torch import nn
 from semcorr.conventions import check_shape
 from semcorr.errors import InputError, WeightsError
 from semcorr.features.local import LocalFeatures, register_local_features
+from semcorr.features.r2d2_fast import InferencePlan, compile_plan
 from semcorr.io.weights import load_torch_file
 
 __all__ = [
@@ -394,6 +395,10 @@ def load_r2d2_network(path: str | os.PathLike[str]) -> tuple[PatchNet, str]:
 # --------------------------------------------------------------------------------------------
 
 
+#: Values of :attr:`R2D2Config.engine`.
+ENGINES = ("fast", "module")
+
+
 @dataclass(frozen=True)
 class R2D2Config:
     """Extraction settings (defaults = the published ones).
@@ -404,6 +409,10 @@ class R2D2Config:
         min_scale, max_scale: bounds on the level's scale (``max_scale <= 1``: no upscaling).
         reliability_threshold, repeatability_threshold: keep pixels at or above both.
         top_k: keep the best ``top_k`` keypoints over all levels (``None``: all).
+        engine: how the network is evaluated: ``"fast"`` (default) runs its
+            :class:`~semcorr.features.r2d2_fast.InferencePlan` (BatchNorm folded, channels-last),
+            ``"module"`` the module itself. Both give the same keypoints
+            (tests/features/test_r2d2_fast.py).
     """
 
     scale_factor: float = 2**0.25
@@ -414,8 +423,11 @@ class R2D2Config:
     reliability_threshold: float = 0.7
     repeatability_threshold: float = 0.7
     top_k: int | None = 5000
+    engine: str = "fast"
 
     def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise InputError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.scale_factor <= 1:
             raise InputError(f"scale_factor must be > 1, got {self.scale_factor}")
         if self.max_scale > 1:
@@ -490,12 +502,15 @@ def _level_keypoints(
     y = (ys.to(reliability.dtype) + 0.5) * (height / h) - 0.5
     s = torch.full_like(x, 32.0 / scale)
     scores = reliability[0, 0, ys, xs] * repeatability[0, 0, ys, xs]
-    descriptors = outputs["descriptors"][0, :, ys, xs].t()
+    if "raw_descriptors" in outputs:  # an InferencePlan's: normalise the samples only
+        descriptors = InferencePlan.descriptors_at(outputs["raw_descriptors"], ys, xs)
+    else:
+        descriptors = outputs["descriptors"][0, :, ys, xs].t()
     return torch.stack([x, y, s], dim=-1), descriptors, scores
 
 
 def extract_multiscale(
-    net: R2D2Net, image: torch.Tensor, config: R2D2Config | None = None
+    net: R2D2Net | InferencePlan, image: torch.Tensor, config: R2D2Config | None = None
 ) -> dict[str, torch.Tensor]:
     """Multi-scale R2D2 keypoints of one normalised image.
 
@@ -504,7 +519,8 @@ def extract_multiscale(
     ``top_k`` over all levels are kept by score = reliability x repeatability.
 
     Args:
-        net: a network with confidence heads, in eval mode.
+        net: a network with confidence heads, in eval mode, or its
+            :class:`~semcorr.features.r2d2_fast.InferencePlan`.
         image: ``(1, 3, H, W)`` normalised with ImageNet mean/std.
         config: extraction settings (default :class:`R2D2Config`).
 
@@ -523,7 +539,8 @@ def extract_multiscale(
         parts.append(_level_keypoints(net(current), config, width, height, scale))
     if not parts:
         empty = image.new_zeros((0, 3))
-        return {"keypoints": empty, "descriptors": image.new_zeros((0, net.out_dim)),
+        dim = net.heads_weight.shape[1] if isinstance(net, InferencePlan) else net.out_dim
+        return {"keypoints": empty, "descriptors": image.new_zeros((0, dim)),
                 "scores": image.new_zeros((0,))}
     keypoints, descriptors, scores = (torch.cat(p, dim=0) for p in zip(*parts, strict=True))
     order = torch.sort(scores, descending=True, stable=True).indices
@@ -576,9 +593,11 @@ class R2D2(LocalFeatures):
         batch = self.normalize(image.to(device=param.device, dtype=param.dtype)[None])
         was_training = self.net.training
         self.net.eval()
+        config = config or self.config
         try:
             with torch.inference_mode():
-                return extract_multiscale(self.net, batch, config or self.config)
+                net = self.net if config.engine == "module" else compile_plan(self.net)
+                return extract_multiscale(net, batch, config)
         finally:
             self.net.train(was_training)
 

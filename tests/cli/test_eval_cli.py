@@ -114,3 +114,17 @@ def test_full_pf_willow(pf_willow_root: Path, tmp_path: Path) -> None:
     claims = {"0.05": 0.254, "0.10": 0.422, "0.15": 0.545}
     measured = {alpha: results["pck"][alpha]["per_image"] for alpha in claims}
     assert all(measured[a] >= claims[a] - 0.01 for a in claims), measured
+
+
+def test_eval_split_selects_the_declared_classes(tmp_path: Path) -> None:
+    """``--split dev|heldout|all`` (docs/protocol.md); results name the split and the classes."""
+    root = _tiny_willow(tmp_path / "willow")
+    (root / "car(G)").rename(root / "car(M)")  # a held-out class
+    _tiny_willow(root)  # and a development one
+    for split, classes in (("dev", ["car(G)"]), ("heldout", ["car(M)"]),
+                           ("all", ["car(G)", "car(M)"])):
+        out = tmp_path / split
+        assert main(["eval", "--dataset", "pf-willow", "--root", str(root), "--split", split,
+                     "--out", str(out), "--quiet"]) == 0  # fmt: skip
+        results = json.loads((out / "results.json").read_text())
+        assert results["split"] == split and sorted(results["per_category"]) == classes

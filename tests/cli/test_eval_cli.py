@@ -149,15 +149,23 @@ def test_eval_split_selects_the_declared_classes(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_pf_willow_dev_with_the_affine_prior(pf_willow_root: Path, tmp_path: Path) -> None:
-    """The README's "after" row on the development classes (docs/protocol.md), where the
-    prior's sigma 0.2 and strength 0.1 were chosen: PCK@0.05/0.10/0.15 0.266/0.455/0.579,
-    measured 0.2659/0.4550/0.5793 by benchmarks/sweep_dense_sift_dev.py --prior-grid (the
-    Matcher's similarities, fit and refiner on the identity pose); bound: claim minus 0.01."""
+def test_full_pf_willow_with_the_affine_prior(pf_willow_root: Path, tmp_path: Path) -> None:
+    """The README's "after" row, three ways (docs/protocol.md), each PCK@0.05/0.10/0.15 failing
+    below its claim minus 0.01. The prior's sigma 0.2 and strength 0.1 were chosen on the dev
+    classes. Measured by benchmarks/sweep_dense_sift_dev.py (the Matcher's similarities, fit
+    and refiner, identity pose): dev 0.2659/0.4552/0.5793 (--prior-grid), held-out
+    0.2654/0.4522/0.5805 (once, --split heldout), all 0.2656/0.4531/0.5801 (their class mean).
+    Not yet run through `semcorr eval` before it was committed (machine load 15-20)."""
     assert main(["eval", "--dataset", "pf-willow", "--root", str(pf_willow_root), "--split",
-                 "dev", "--prior", "affine", "--out", str(tmp_path), "--quiet"]) == 0
+                 "all", "--prior", "affine", "--out", str(tmp_path), "--quiet"]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results["pairs"] == 270 and sorted(results["per_category"]) == sorted(DEV_CLASSES)
-    claims = {"0.05": 0.266, "0.10": 0.455, "0.15": 0.579}
-    measured = {alpha: results["pck"][alpha]["per_image"] for alpha in claims}
-    assert all(measured[a] >= claims[a] - 0.01 for a in claims), measured
+    assert results["pairs"] == 900 and results["skipped"] == 0
+    per_class = results["per_category"]
+    held_out = sorted(set(per_class) - set(DEV_CLASSES))
+    for classes, claims in ((sorted(per_class), (0.266, 0.453, 0.580)),
+                            (DEV_CLASSES, (0.266, 0.455, 0.579)),
+                            (held_out, (0.265, 0.452, 0.581))):
+        measured = [sum(per_class[c][a]["per_image"] for c in classes) / len(classes)
+                    for a in ("0.05", "0.10", "0.15")]
+        assert all(m >= c - 0.01 for m, c in zip(measured, claims, strict=True)), (
+            classes, measured)

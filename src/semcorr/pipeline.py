@@ -26,6 +26,7 @@ from semcorr.features.batching import auto_batch_size, per_target_bytes
 from semcorr.geometry import ResizePad, inside_image
 from semcorr.io import load_image
 from semcorr.io.stream import prefetch
+from semcorr.match.geometric import AffinePrior, resolve_prior
 from semcorr.match.pose import (
     FLIPPING_POSES,
     NO_PARTNER,
@@ -145,6 +146,11 @@ class Matcher:
             filled. The results are the same either way.
         memory_budget: bytes a batch may use for the automatic batch size (default: half the
             available memory).
+        prior: global geometric prior (:class:`~semcorr.match.geometric.AffinePrior`): per
+            target, an affine fit of the two images' mutual nearest neighbours favours the
+            candidates near where it sends each point. ``"auto"`` (default): the backbone's own
+            (``info.extra["prior"]``, e.g. dense-sift's ``semantic`` preset), else none;
+            ``None`` or ``"none"``: no prior.
 
     Example:
         >>> matcher = Matcher(create_backbone("dense-sift"), refine="window")
@@ -164,8 +170,10 @@ class Matcher:
         pose_distance: str = "auto",
         workers: int = 2,
         memory_budget: int | None = None,
+        prior: AffinePrior | str | None = "auto",
     ) -> None:
         self.backbone = backbone.eval()
+        self.prior = resolve_prior(prior, backbone.info.extra.get("prior"))
         self.refiner = refine if isinstance(refine, Refiner) else refiner_with_options(
             refine, radius=window, temperature=temperature
         )
@@ -232,13 +240,13 @@ class Matcher:
         ]).to(source.features.device)
         return dataclasses.replace(source, instance_masks=instance)
 
-    def query_descriptors(
+    def query_cells(
         self,
         source: SourceFeatures,
         points: torch.Tensor,
         flip_permutation: torch.Tensor | None,
     ) -> torch.Tensor:
-        """Descriptors ``(K, N, C)`` of the points in every candidate's frame (a flipped
+        """Grid coordinates ``(K, N, 2)`` of the points in every candidate's frame (a flipped
         candidate queries each point at its partner's mirror)."""
         rows = []
         for k, pose in enumerate(source.poses):
@@ -246,9 +254,20 @@ class Matcher:
             if flip_permutation is not None and pose in FLIPPING_POSES:
                 query = points[flip_permutation]
             posed = pose_points(query, source.width, source.height, pose)
-            cells = source.transforms[k].to_grid(posed.to(source.features.device))
-            rows.append(sample_descriptors(source.features[k : k + 1], cells[None])[0])
+            rows.append(source.transforms[k].to_grid(posed.to(source.features.device)))
         return torch.stack(rows)
+
+    def query_descriptors(
+        self,
+        source: SourceFeatures,
+        points: torch.Tensor,
+        flip_permutation: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Descriptors ``(K, N, C)`` of the points in every candidate's frame (see
+        :meth:`query_cells`)."""
+        cells = self.query_cells(source, points, flip_permutation)
+        return torch.stack([sample_descriptors(source.features[k : k + 1], cells[k : k + 1])[0]
+                            for k in range(len(source.poses))])
 
     @staticmethod
     def check_points(points: torch.Tensor, width: int, height: int) -> torch.Tensor:
@@ -346,7 +365,10 @@ class Matcher:
             source = source_image
         points = self.check_points(source_points, source.width, source.height)
         perm, flip_keep = self.check_permutation(flip_permutation, points.shape[0])
-        descriptors = self.query_descriptors(source, points, perm)  # (K, N, C)
+        cells = self.query_cells(source, points, perm)  # (K, N, 2)
+        descriptors = torch.stack([  # (K, N, C)
+            sample_descriptors(source.features[k : k + 1], cells[k : k + 1])[0]
+            for k in range(len(source.poses))])
         masks = list(target_masks) if target_masks is not None else None
         size = self.batch_size_for(source, points.shape[0])
         results: list[MatchResult] = []
@@ -359,13 +381,13 @@ class Matcher:
                     check_shape(image, "3 H W", "target image")
                 batch.append(image)
                 if len(batch) == size:
-                    results.extend(self._match_batch(source, descriptors, flip_keep, batch,
+                    results.extend(self._match_batch(source, descriptors, flip_keep, batch, cells,
                                                      _slice(masks, len(results), len(batch))))
                     batch = []
                     if progress is not None:
                         progress(size)
         if batch:
-            results.extend(self._match_batch(source, descriptors, flip_keep, batch,
+            results.extend(self._match_batch(source, descriptors, flip_keep, batch, cells,
                                              _slice(masks, len(results), len(batch))))
             if progress is not None:
                 progress(len(batch))
@@ -485,6 +507,7 @@ class Matcher:
         descriptors: torch.Tensor,
         flip_keep: torch.Tensor,
         images: list[torch.Tensor | TargetFeatures],
+        cells: torch.Tensor,
         instance_masks: list[torch.Tensor | None] | None = None,
     ) -> list[MatchResult]:
         features, transforms = self._target_batch(images)
@@ -500,17 +523,20 @@ class Matcher:
         queries = self._merged_queries(source.poses, descriptors.to(features.device), chosen,
                                        flip_keep.to(features.device))
         if queries.shape[1] == 0:
-            cells = features.new_zeros(len(images), 0, 2)
+            found = features.new_zeros(len(images), 0, 2)
             scores = features.new_zeros(len(images), 0)
         else:
             similarity = cosine_similarity(queries, F.normalize(features, dim=1))
-            cells, scores = self.refiner(similarity, masks)
+            if self.prior is not None:
+                similarity = self._with_prior(source, features, masks, similarity, cells,
+                                              chosen, flip_keep.to(features.device))
+            found, scores = self.refiner(similarity, masks)
         results = []
         for i, transform in enumerate(transforms):
             k = int(chosen[i])
             results.append(
                 MatchResult(
-                    points=transform.from_grid(cells[i].float()).cpu(),
+                    points=transform.from_grid(found[i].float()).cpu(),
                     scores=scores[i].float().cpu(),
                     pose=source.poses[k],
                     pose_distances=(
@@ -522,6 +548,29 @@ class Matcher:
                 )
             )
         return results
+
+    def _with_prior(self, source: SourceFeatures, features: torch.Tensor, valid: torch.Tensor,
+                    similarity: torch.Tensor, cells: torch.Tensor, chosen: torch.Tensor,
+                    flip_keep: torch.Tensor) -> torch.Tensor:
+        """Similarities ``(B, N, h, w)`` with :attr:`prior` applied per target: the affine map
+        of each target is fitted from the candidate each point is queried in (``cells``
+        ``(K, N, 2)``; a flipped candidate keeps the identity for a point it may not
+        replace)."""
+        assert self.prior is not None
+        flipping = torch.tensor([p in FLIPPING_POSES for p in source.poses])
+        rows = []
+        for i in range(features.shape[0]):  # a loop over targets; points stay batched
+            k = int(chosen[i])
+            use = torch.where(flipping[k] & ~flip_keep.cpu(), 0, k).to(cells.device)  # (N,)
+            adjusted = similarity[i]
+            for pose in use.unique().tolist():
+                matrix, _ = self.prior.fit(source.features[pose], features[i],
+                                           source.transforms[pose].valid_cells(features.device),
+                                           valid[i])
+                moved = self.prior.apply(similarity[i], cells[pose], matrix)
+                adjusted = torch.where((use == pose)[:, None, None], moved, adjusted)
+            rows.append(adjusted)
+        return torch.stack(rows)
 
     def _pose_metric(self, source: SourceFeatures,
                      target_masks: list[torch.Tensor | None] | None) -> str:

@@ -53,3 +53,32 @@ def test_real_pf_willow(pf_willow_root: Path) -> None:
     assert sample.source_path.name == "Cars_006a.png"
     # pts_coord of Cars_006a starts at (47.9353, 98.1586) in MATLAB's 1-based frame
     assert sample.source_points[0].tolist() == pytest.approx([46.9353, 97.1586], abs=1e-3)
+
+
+@pytest.mark.parametrize(("split", "classes", "pairs"), [
+    ("dev", {"car(G)"}, 6), ("heldout", {"duck(S)"}, 2), ("all", {"car(G)", "duck(S)"}, 8),
+    ("test", {"car(G)", "duck(S)"}, 8),
+])
+def test_declared_splits(willow_root: Path, split: str, classes: set[str], pairs: int) -> None:
+    ds = create_dataset("pf-willow", willow_root, split=split)
+    assert len(ds) == pairs and ds.split == split
+    assert {ds[i].category for i in range(len(ds))} == classes
+
+
+def test_unknown_split_and_category_outside_the_split(willow_root: Path) -> None:
+    with pytest.raises(InputError, match="split must be one of test, all, dev, heldout, not 'x'"):
+        create_dataset("pf-willow", willow_root, split="x")
+    with pytest.raises(InputError, match=r"duck\(S\): missing class folder \(or not in the 'dev'"):
+        create_dataset("pf-willow", willow_root, split="dev", category="duck(S)")
+
+
+def test_real_pf_willow_development_split(pf_willow_root: Path) -> None:
+    """docs/protocol.md: 3 development classes (270 pairs), 7 held-out (630), disjoint."""
+    dev = create_dataset("pf-willow", pf_willow_root, split="dev")
+    heldout = create_dataset("pf-willow", pf_willow_root, split="heldout")
+    dev_classes = {dev[i].category for i in range(0, len(dev), 90)}
+    held_classes = {heldout[i].category for i in range(0, len(heldout), 90)}
+    assert (len(dev), len(heldout)) == (270, 630)
+    assert dev_classes == {"car(G)", "motorbike(G)", "winebottle(M)"}
+    assert held_classes == {"car(M)", "car(S)", "duck(S)", "motorbike(M)", "motorbike(S)",
+                            "winebottle(wC)", "winebottle(woC)"}

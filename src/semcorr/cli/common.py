@@ -9,6 +9,7 @@ from semcorr.devices import choose_device
 from semcorr.errors import InputError
 from semcorr.features import Backbone, create_backbone
 from semcorr.features.base import PRECISIONS
+from semcorr.match.geometric import PRIOR_CHOICES
 from semcorr.match.refine import Refiner, list_refiners, refiner_with_options
 from semcorr.match.rules import KERNEL_WEIGHTINGS
 
@@ -162,6 +163,9 @@ def add_refine_options(parser: argparse.ArgumentParser) -> None:
                         "(default) or on the similarities (SD4Match's)")
     parser.add_argument("--pose-align", action=argparse.BooleanOptionalAction, default=False,
                         help="try the flipped source too and keep the closer pose per target")
+    parser.add_argument("--prior", default="auto", choices=PRIOR_CHOICES,
+                        help="global affine prior of the matches: auto (the backbone's own, "
+                        "e.g. dense-sift's; none for the others), none, or affine (defaults)")
 
 
 def refine_settings(args: argparse.Namespace, backbone: Backbone) -> dict[str, Any]:

@@ -195,7 +195,8 @@ def _run(args: argparse.Namespace, defaults: dict[str, Any]) -> int:
     dataset = create_dataset(args.dataset, args.root, split=args.split, **options)
     backbone = backbone_from_args(args)
     matcher = Matcher(backbone, refine=refiner_from_args(args, backbone),
-                      pose_align=args.pose_align, pose_distance=args.pose_distance)
+                      pose_align=args.pose_align, prior=args.prior,
+                      pose_distance=args.pose_distance)
     results = evaluate(
         matcher,
         dataset,

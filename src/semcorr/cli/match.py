@@ -127,7 +127,7 @@ def _run(args: argparse.Namespace) -> int:
             pass
     backbone = backbone_from_args(args)
     matcher = Matcher(backbone, refine=refiner_from_args(args, backbone),
-                      pose_align=args.pose_align)
+                      pose_align=args.pose_align, prior=args.prior)
     json_path, pictures = run_match(
         matcher, args.source, args.targets, points, Path(args.out), args.backbone
     )

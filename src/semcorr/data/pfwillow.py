@@ -8,6 +8,10 @@
 The 10 class folders hold 10 images each; the benchmark uses all 90 ordered pairs of distinct
 images per class (900 pairs). PCK uses α times the larger side of the bounding box of the
 *target* keypoints, is averaged over the pairs of a class, then over the classes.
+
+PF-WILLOW ships no training split. semcorr declares one for choosing its own defaults
+(docs/protocol.md): ``dev`` holds the alphabetically first subclass of each object that has
+several (:data:`DEV_CLASSES`), ``heldout`` the other seven, ``test`` (or ``all``) all ten.
 """
 
 from __future__ import annotations
@@ -26,7 +30,28 @@ from semcorr.data.base import (
 )
 from semcorr.errors import InputError
 
-__all__ = ["PFWillow", "keypoint_extent", "read_willow_points"]
+__all__ = ["DEV_CLASSES", "SPLITS", "PFWillow", "keypoint_extent", "read_willow_points",
+           "split_classes"]
+
+#: The development classes: defaults may be tuned on these only (docs/protocol.md).
+DEV_CLASSES: tuple[str, ...] = ("car(G)", "motorbike(G)", "winebottle(M)")
+#: Split name → which classes it keeps: ``test`` and ``all`` are the whole benchmark.
+SPLITS: tuple[str, ...] = ("test", "all", "dev", "heldout")
+
+
+def split_classes(classes: list[str], split: str) -> list[str]:
+    """The classes of ``split`` among ``classes`` (see :data:`SPLITS`).
+
+    Raises:
+        InputError: for an unknown split name.
+    """
+    if split not in SPLITS:
+        raise InputError(f"pf-willow split must be one of {', '.join(SPLITS)}, not {split!r}")
+    if split == "dev":
+        return [c for c in classes if c in DEV_CLASSES]
+    if split == "heldout":
+        return [c for c in classes if c not in DEV_CLASSES]
+    return list(classes)
 
 
 def read_willow_points(path: Path) -> torch.Tensor:
@@ -61,22 +86,25 @@ class PFWillow(PairDataset):
 
     Args:
         root: the folder holding the class folders.
-        split: only ``test`` exists.
-        category: restrict to one class folder.
+        split: ``test`` or ``all`` (the 10 classes), ``dev`` (the 3 development classes on
+            which defaults may be tuned) or ``heldout`` (the other 7); see :data:`SPLITS`.
+        category: restrict to one class folder (of the split).
     """
 
     name = "pf-willow"
     protocol = {"normalisation": "keypoints", "average": "categories"}
 
     def __init__(self, root: Path, split: str = "test", category: str | None = None) -> None:
-        if split != "test":
-            raise InputError(f"pf-willow has only the 'test' split, not {split!r}")
+        if split not in SPLITS:
+            raise InputError(f"pf-willow split must be one of {', '.join(SPLITS)}, not "
+                             f"{split!r}")
         self.root = require_dir(Path(root), "PF-WILLOW folder")
         self.split = split
-        classes = sorted(p.name for p in self.root.iterdir() if p.is_dir())
+        classes = split_classes(sorted(p.name for p in self.root.iterdir() if p.is_dir()), split)
         if category is not None:
             if category not in classes:
-                raise InputError(f"{self.root / category}: missing class folder")
+                raise InputError(f"{self.root / category}: missing class folder (or not in "
+                                 f"the {split!r} split)")
             classes = [category]
         if not classes:
             raise InputError(f"{self.root}: no class folders (expected e.g. 'car(G)/')")

@@ -23,6 +23,7 @@ computed per pair).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -143,6 +144,7 @@ def describe_matcher(matcher: Matcher) -> dict[str, Any]:
         "pose_align": matcher.pose_align,
         "poses": list(matcher.poses),
         "pose_distance": matcher.pose_distance if matcher.pose_align else None,
+        "prior": None if matcher.prior is None else dataclasses.asdict(matcher.prior),
     }
 
 

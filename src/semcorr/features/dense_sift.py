@@ -84,6 +84,9 @@ class DenseSIFT(Backbone):
         bin_sizes: spatial bin sizes in input pixels; a descriptor spans ``4 * bin_size``.
         num_orientations: orientation bins per cell.
         sigma: Gaussian smoothing of the grey image before gradients.
+        prior: the matching prior this setting prefers (fields of
+            :class:`~semcorr.match.geometric.AffinePrior`; a :class:`~semcorr.pipeline.Matcher`
+            with ``prior="auto"`` uses it), or ``None``.
     """
 
     def __init__(
@@ -94,6 +97,7 @@ class DenseSIFT(Backbone):
         bin_sizes: Sequence[int] = (8, 16, 32, 64),
         num_orientations: int = 8,
         sigma: float = 0.8,
+        prior: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
         if stride < 1 or image_size % stride:
@@ -105,6 +109,7 @@ class DenseSIFT(Backbone):
             stride=stride,
             image_size=image_size,
             license="method: SIFT (patent expired); implementation: semcorr, Apache-2.0",
+            extra={} if prior is None else {"prior": dict(prior)},
         )
         self.bin_sizes = tuple(int(b) for b in bin_sizes)
         self.num_orientations = num_orientations

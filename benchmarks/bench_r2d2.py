@@ -41,22 +41,30 @@ TOP_K = 5000
 
 def import_official() -> types.ModuleType:
     """naver/r2d2's extract.py. Its module-level imports of PIL and torchvision (for image
-    loading, unused here) are stubbed when those packages are not installed."""
+    loading, unused here) are stubbed when those packages are not installed; the stubs are taken
+    out of ``sys.modules`` again once extract.py holds what it needs, so a later import of the
+    official ``tools.dataloader`` (the training tests) gets the real module."""
     if str(REFERENCE) not in sys.path:
         sys.path.insert(0, str(REFERENCE))
+    stubs: dict[str, types.ModuleType] = {}
     try:
         import PIL.Image  # noqa: F401
         import torchvision  # noqa: F401
     except ImportError:
         pil = types.ModuleType("PIL")
         pil.Image = types.ModuleType("PIL.Image")
-        sys.modules.setdefault("PIL", pil)
-        sys.modules.setdefault("PIL.Image", pil.Image)
         loader = types.ModuleType("tools.dataloader")
         loader.norm_RGB = None
-        sys.modules.setdefault("tools.dataloader", loader)
-    import extract
-
+        for name, module in (("PIL", pil), ("PIL.Image", pil.Image),
+                             ("tools.dataloader", loader)):
+            if name not in sys.modules:
+                stubs[name] = sys.modules[name] = module
+    try:
+        import extract
+    finally:
+        for name, module in stubs.items():
+            if sys.modules.get(name) is module:
+                del sys.modules[name]
     return extract
 
 

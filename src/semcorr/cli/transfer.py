@@ -29,8 +29,28 @@ from semcorr.cli.common import (
 )
 from semcorr.errors import JobFailed
 from semcorr.io import check_output_dir, check_output_file
+from semcorr.options import finite_number, int_at_least, positive_number
 
 __all__ = ["add_parser", "run_transfer"]
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    """The numeric options, refused before any file is read or any weights are loaded
+    (:class:`~semcorr.transfer.TransferConfig` and the refinement rule check them again once the
+    backbone's preferred rule fills in what was not given)."""
+    if args.window is not None:
+        int_at_least("window radius", args.window, 0)
+    if args.temperature is not None:
+        positive_number("temperature", args.temperature)
+    if getattr(args, "sigma", None) is not None:
+        positive_number("sigma", args.sigma)
+    if args.batch_size is not None:
+        int_at_least("batch_size", args.batch_size, 1)
+    int_at_least("workers", args.workers, 0)
+    if args.memory_budget is not None:
+        positive_number("--memory-budget", args.memory_budget)
+    positive_number("cycle_radius", args.cycle_radius)
+    finite_number("min_score", args.min_score)
 
 
 def run_transfer(args: argparse.Namespace) -> Path:
@@ -38,6 +58,7 @@ def run_transfer(args: argparse.Namespace) -> Path:
     from semcorr.distributed import cleanup, init_from_env, local_device
     from semcorr.transfer import TransferConfig, list_images, load_annotations, main
 
+    _check_numbers(args)
     check_output_file(args.out)
     if args.sheet is not None:
         check_output_file(args.sheet, "--sheet")

@@ -59,6 +59,8 @@ def _compare_with_official(image: torch.Tensor, min_size: int, top_k: int) -> No
 
 @pytest.mark.parametrize("arch", ["Quad_L2Net_ConfCFS", "Fast_Quad_L2Net_ConfCFS"])
 def test_plan_equals_module(arch: str) -> None:
+    """Ours against ours: the folded plan keeps the plain module's maps (proves the rewrite, not
+    fidelity; the official code is compared in the last two tests)."""
     net = build_network(arch, mchan=2, dim=32).eval()
     g = torch.Generator().manual_seed(0)
     for bn in (m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)):
@@ -97,6 +99,8 @@ def test_engine_option_refused() -> None:
 
 
 def test_fast_engine_equals_module_engine_on_a_photo() -> None:
+    """Ours against ours on a real photo: both engines give the same keypoints (proves the
+    rewrite only; fidelity is the official comparison below)."""
     model = create_local_features("r2d2", weights=str(shared_path("r2d2", "r2d2_WASF_N16.pt")))
     image = _resized("boat.png", 112, 84)
     fast = model.extract(image, R2D2Config(min_size=64))

@@ -1,6 +1,14 @@
 """Benchmark datasets in their official on-disk layouts, yielding :class:`PairSample`."""
 
-from semcorr.data import ap10k, cub, keypoints_json, pfpascal, pfwillow, spair  # noqa: F401
+from semcorr.data import (  # noqa: F401
+    ap10k,
+    cub,
+    keypoints_json,
+    pfpascal,
+    pfwillow,
+    spair,
+    spair_u,
+)
 from semcorr.data.base import (
     DATASETS,
     PairDataset,

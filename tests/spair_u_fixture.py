@@ -29,8 +29,8 @@ IMAGES: dict[str, tuple[str, tuple[int, int], list[float], dict[int, list[float]
                     {5: [3.0, 3.0]}),
     "2010_000005": ("aeroplane", (20, 20), [0.0, 0.0, 10.0, 19.0], {0: [6.0, 6.0]}, {}),
 }
-#: SPair keypoint slots per category (SPair-U always has 30).
-SEEN_SLOTS = {"car": 30, "aeroplane": 25}
+#: keypoint slots of every SPair-71k and SPair-U image annotation (the released loaders read 30)
+SLOTS = 30
 PAIRS = (("2010_000001", "2010_000002"), ("2010_000002", "2010_000003"),
          ("2010_000004", "2010_000005"))
 #: pair ids in the loader's order (category, then file name)
@@ -61,9 +61,9 @@ def build_spair_u(base: Path, sibling: bool = False) -> Path:
         _json(root / "ImageAnnotation" / category / f"{name}.json",
               {"filename": f"{name}.jpg", "category": category, "image_width": size[0],
                "image_height": size[1], "bndbox": box,
-               "kps": _slots(seen, SEEN_SLOTS[category])})
+               "kps": _slots(seen, SLOTS)})
         _json(extra / "ExtraImageAnnotation" / category / f"{name}.json",
-              {"filename": f"{name}.jpg", "category": category, "kps": _slots(unseen, 30)})
+              {"filename": f"{name}.jpg", "category": category, "kps": _slots(unseen, SLOTS)})
     for number, (src, trg) in enumerate(PAIRS, start=1):
         category = IMAGES[src][0]
         name = f"{number:06d}-{src}-{trg}:{category}"

@@ -182,3 +182,74 @@ def test_prepare_downloads_from_a_mirror_and_resumes(tmp_path: Path) -> None:
     assert report["downloaded"] == ["SPair-U.zip"]
     assert len(create_dataset("spair-u", root)) == 3
     assert prepare("spair-u", root, mirror=mirror.as_uri(), progress=False)["downloaded"] == []
+
+
+def _official_dataset_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Jamais Vu's ``utils/utils_dataset.py``: from ../shared/reference when it is there, else
+    read at run time from the fetched VICO-UoE/JamaisVu git mirror; skip when neither is."""
+    import importlib.util
+    import subprocess
+    import sys
+    import types
+
+    from shared_data import SHARED
+
+    source = SHARED / "reference" / "VICO-UoE+JamaisVu" / "utils" / "utils_dataset.py"
+    if not source.is_file():
+        mirror = Path("/work/.mirror/VICO-UoE+JamaisVu/repo")
+        if not mirror.is_dir():
+            pytest.skip("Jamais Vu's code is absent (neither ../shared/reference/"
+                        "VICO-UoE+JamaisVu nor a fetched mirror of VICO-UoE/JamaisVu)")
+        text = subprocess.run(["git", "--git-dir", str(mirror), "show",
+                               "HEAD:utils/utils_dataset.py"], capture_output=True, text=True,
+                              check=True).stdout
+        source = tmp_path / "jamaisvu_utils_dataset.py"
+        source.write_text(text)
+    if "pandas" not in sys.modules:  # imported by its PF-PASCAL loader only; not installed here
+        monkeypatch.setitem(sys.modules, "pandas", types.ModuleType("pandas"))
+    spec = importlib.util.spec_from_file_location("jamaisvu_utils_dataset", source)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("unseen", [True, False])
+def test_rows_equal_jamais_vu_loader(root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                     unseen: bool) -> None:
+    """Jamais Vu's ``load_spair_data(..., unseen_kps=True)`` (SPair-U) and ``False`` (SPair-71k,
+    given the same pair files as PairAnnotation) on the fixture: same pairs in the same order,
+    the same visible keypoints of each set (in its padded 840 frame) and thresholds."""
+    import os
+    import shutil
+
+    official = _official_dataset_module(tmp_path, monkeypatch)
+    shutil.copytree(root / "ExtraPairAnnotation", root / "PairAnnotation")
+    size = 840
+    ours = create_dataset("spair-u", root)
+    index = 0
+    for category in sorted(os.listdir(root / "ImageAnnotation")):
+        files, kps, thresholds, used = official.load_spair_data(
+            str(root), size, category, "test", unseen_kps=unseen)
+        for pair in range(len(files) // 2):
+            sample = ours[index]
+            index += 1
+            assert files[2 * pair] == str(sample.source_path)
+            assert files[2 * pair + 1] == str(sample.target_path)
+            src, trg = kps[2 * pair], kps[2 * pair + 1]
+            vis = (src[:, 2] * trg[:, 2]) > 0
+            rows = sample.visible.nonzero().flatten()
+            is_unseen = sample.keypoint_ids[rows] >= UNSEEN_ID_OFFSET
+            mine = rows[is_unseen if unseen else ~is_unseen]
+            offset_id = UNSEEN_ID_OFFSET if unseen else 0
+            assert (sample.keypoint_ids[mine] - offset_id).tolist() == used[vis].tolist()
+            for points, frame, size_wh in ((src, sample.source_points, sample.source_size),
+                                           (trg, sample.target_points, sample.target_size)):
+                scale = size / max(size_wh)
+                w, h = size_wh
+                offset = torch.tensor([(size - round(size * w / h)) // 2 if w < h else 0,
+                                       (size - round(size * h / w)) // 2 if h < w else 0])
+                assert torch.allclose(frame[mine] * scale + offset, points[vis, :2],
+                                      atol=1e-4)
+            trg_scale = size / max(sample.target_size)
+            assert thresholds[pair] == pytest.approx(sample.pck_reference * trg_scale)
+    assert index == len(ours)

@@ -67,7 +67,7 @@ SUITES: dict[str, tuple[SuiteBenchmark, ...]] = {
                        published="Jamais Vu (Mariotti et al., NeurIPS 2025); MARCO"),
         SuiteBenchmark("mp100", "mp100", ("mp100", "mp-100"), ("mp100", "mp100_all", "MP-100"),
                        "mp100", published="MARCO (unseen categories)"),
-        SuiteBenchmark("soco", "soco", ("soco",), ("SOCO", "soco"), "soco",
+        SuiteBenchmark("soco", "soco", ("soco",), ("SOCOv1", "SOCO", "soco"), "soco",
                        published="SOCO (Dünkel et al., 2026)"),
     ),
 }

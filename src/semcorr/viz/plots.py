@@ -35,7 +35,7 @@ def save_pck_curve(path: str | Path, curve: dict[str, Any], title: str = "") -> 
 
 
 def _finish(figure: Any, axes: Any, path: str | Path, title: str,
-            legend: str = "lower right") -> Path:
+            legend: dict[str, Any] | None = None) -> Path:
     """Label the PCK-vs-α axes and write the figure as a PNG (atomically)."""
     import io
 
@@ -45,7 +45,7 @@ def _finish(figure: Any, axes: Any, path: str | Path, title: str,
     axes.set_ylabel("PCK (%)")
     axes.set_ylim(0, 100)
     axes.grid(True, alpha=0.3)
-    axes.legend(loc=legend, fontsize="small")
+    axes.legend(**(legend or {"loc": "lower right"}))
     if title:
         axes.set_title(title)
     figure.tight_layout()
@@ -72,10 +72,11 @@ def save_pck_lines(path: str | Path, alphas: list[float],
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(6, 4.5), dpi=100)
+    figure = Figure(figsize=(9, 4.5), dpi=100)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot(1, 1, 1)
     for label, values in series.items():
         axes.plot(alphas, [float("nan") if v is None else 100 * v for v in values], "-o",
                   markersize=3, label=label)
-    return _finish(figure, axes, path, title, legend="upper left")
+    return _finish(figure, axes, path, title, legend={
+        "loc": "upper left", "bbox_to_anchor": (1.02, 1.0), "fontsize": "small"})

@@ -48,11 +48,15 @@ def _slots(kps: dict[int, list[float]], count: int) -> dict[str, list[float] | N
     return {str(i): kps.get(i) for i in range(count)}
 
 
-def build_spair_u(base: Path, sibling: bool = False) -> Path:
-    """Write the fixture under ``base``; returns the SPair-71k folder. With ``sibling`` the
-    Extra* folders go to ``base/SPair-U`` (the README's place) instead of inside SPair-71k."""
+def build_spair_u(base: Path, sibling: bool = False, released: bool = False) -> Path:
+    """Write the fixture under ``base``; returns the SPair-71k folder. SPair-U's folders go
+    inside SPair-71k as ``Extra*`` (Jamais Vu's code), or with ``sibling`` to ``base/SPair-U``
+    (the READMEs' place), named ``PairAnnotation``/``ImageAnnotation`` with ``released`` (as in
+    the released archive) else ``Extra*``."""
     root = base / "SPair-71k"
     extra = base / "SPair-U" if sibling else root
+    pairs, images = ("PairAnnotation", "ImageAnnotation") if released else (
+        "ExtraPairAnnotation", "ExtraImageAnnotation")
     for seed, (name, (category, size, box, seen, unseen)) in enumerate(IMAGES.items()):
         path = root / "JPEGImages" / category / f"{name}.jpg"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -62,12 +66,12 @@ def build_spair_u(base: Path, sibling: bool = False) -> Path:
               {"filename": f"{name}.jpg", "category": category, "image_width": size[0],
                "image_height": size[1], "bndbox": box,
                "kps": _slots(seen, SLOTS)})
-        _json(extra / "ExtraImageAnnotation" / category / f"{name}.json",
+        _json(extra / images / category / f"{name}.json",
               {"filename": f"{name}.jpg", "category": category, "kps": _slots(unseen, SLOTS)})
     for number, (src, trg) in enumerate(PAIRS, start=1):
         category = IMAGES[src][0]
         name = f"{number:06d}-{src}-{trg}:{category}"
-        _json(extra / "ExtraPairAnnotation" / "test" / f"{name}.json", {
+        _json(extra / pairs / "test" / f"{name}.json", {
             "pair_id": number, "filename": name, "category": category,
             "src_imname": f"{src}.jpg", "trg_imname": f"{trg}.jpg",
             "src_imsize": [*IMAGES[src][1], 3], "trg_imsize": [*IMAGES[trg][1], 3],

@@ -60,12 +60,17 @@ def test_seen_then_unseen_rows_from_their_own_files(root: Path) -> None:
     assert sample.target_visible[30 + 2] and not sample.visible[30 + 2]  # id 2: target only
 
 
-def test_sibling_spair_u_folder(tmp_path: Path) -> None:
-    root = build_spair_u(tmp_path, sibling=True)
+@pytest.mark.parametrize("released", [False, True])
+def test_sibling_spair_u_folder(tmp_path: Path, released: bool) -> None:
+    """``../SPair-U`` with Extra* names, or with the released archive's names."""
+    root = build_spair_u(tmp_path, sibling=True, released=released)
     assert not (root / "ExtraPairAnnotation").exists()
     ds = create_dataset("spair-u", root)
-    assert ds.extra_root == tmp_path / "SPair-U"
+    names = ("PairAnnotation", "ImageAnnotation") if released else (
+        "ExtraPairAnnotation", "ExtraImageAnnotation")
+    assert (ds.extra_pairs, ds.extra_images) == tuple(tmp_path / "SPair-U" / n for n in names)
     assert [s.pair_id for s in ds] == list(PAIR_IDS)
+    assert ds[1].source_points[30].tolist() == [6.0, 6.0]  # read from SPair-U's file
 
 
 def test_missing_extra_folders_say_how_to_get_them(tmp_path: Path, root: Path) -> None:
@@ -164,22 +169,23 @@ def test_prepare_verifies_both_places(tmp_path: Path) -> None:
 
 
 def test_prepare_downloads_from_a_mirror_and_resumes(tmp_path: Path) -> None:
-    """The archives fetched from a (local) mirror are unpacked into ROOT; a rerun downloads
-    nothing."""
+    """SPair-U.zip (laid out as MARCO's docs/data.md unpacks it: ``datasets/SPair-U/...``)
+    fetched from a (local) mirror lands in ``ROOT/../SPair-U``; a rerun downloads nothing."""
     import shutil
     import zipfile
 
-    source = build_spair_u(tmp_path / "src")
+    source = build_spair_u(tmp_path / "src", sibling=True, released=True)
     mirror = tmp_path / "mirror"
     mirror.mkdir()
     with zipfile.ZipFile(mirror / "SPair-U.zip", "w") as archive:
-        for path in sorted(source.rglob("Extra*/**/*.json")):
-            archive.write(path, Path("SPair-U") / path.relative_to(source))
+        for path in sorted((tmp_path / "src" / "SPair-U").rglob("*.json")):
+            archive.write(path, Path("datasets") / path.relative_to(tmp_path / "src"))
     root = tmp_path / "data" / "SPair-71k"
-    shutil.copytree(source, root, ignore=shutil.ignore_patterns("Extra*"))
+    shutil.copytree(source, root)
     report = prepare("spair-u", root, mirror=mirror.as_uri(), progress=False)
     assert report["complete"], report
     assert report["downloaded"] == ["SPair-U.zip"]
+    assert (tmp_path / "data/SPair-U/PairAnnotation/test").is_dir()
     assert len(create_dataset("spair-u", root)) == 3
     assert prepare("spair-u", root, mirror=mirror.as_uri(), progress=False)["downloaded"] == []
 

@@ -120,3 +120,49 @@ def test_malformed_groups_in_a_predictions_file_name_the_line(tmp_path: Path) ->
     path = _write(tmp_path / "mixed.jsonl", [RECORDS[0], other])
     with pytest.raises(InputError, match="different headline groups"):
         compute_metrics(path, None, [0.10])
+
+
+def test_marco_protocol_equals_marcos_evaluator(tmp_path: Path) -> None:
+    """MARCO's ``util/evaluator.py`` PCKEvaluator (per image, '<=' in float32) and semcorr's
+    ``marco`` protocol on the same stretched-frame pairs, some errors exactly at α · reference.
+    The evaluator is read from ../shared/reference or the fetched visinf/MARCO mirror."""
+    import importlib.util
+    import subprocess
+
+    from shared_data import SHARED
+
+    source = SHARED / "reference" / "visinf+MARCO" / "util" / "evaluator.py"
+    if not source.is_file():
+        mirror = Path("/work/.mirror/visinf+MARCO/repo")
+        if not mirror.is_dir():
+            pytest.skip("MARCO's code is absent (neither ../shared/reference/visinf+MARCO nor a "
+                        "fetched mirror of visinf/MARCO)")
+        source = tmp_path / "marco_evaluator.py"
+        source.write_text(subprocess.run(
+            ["git", "--git-dir", str(mirror), "show", "HEAD:util/evaluator.py"],
+            capture_output=True, text=True, check=True).stdout)
+    spec = importlib.util.spec_from_file_location("marco_evaluator", source)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    gen = torch.Generator().manual_seed(3)
+    official = module.PCKEvaluator(pck_by="image")
+    records = []
+    for i in range(12):
+        n = int(torch.randint(1, 8, (1,), generator=gen))
+        gt = torch.randint(0, 760, (n, 2), generator=gen).float()
+        reference = 200.0 if i % 2 else float(torch.randint(50, 700, (1,), generator=gen))
+        pred = gt + torch.randn(n, 2, generator=gen) * 0.05 * reference
+        if i % 2:
+            pred[0] = gt[0] + torch.tensor([6.0, 8.0])  # exactly 0.05 * 200 away
+        official.calculate_pck(gt[None], pred[None], torch.tensor([n]), ["car"],
+                               torch.tensor([reference]))
+        records.append({"pair_id": str(i), "category": "car", "reference": reference,
+                        "gt": gt.tolist(), "pred": pred.tolist(), "geo_aware": [False] * n})
+    path = _write(tmp_path / "predictions.jsonl", records)
+    ours = compute_metrics(path, None, protocol=get_protocol("marco"))["pck"]
+    theirs = official.avg_result_all()
+    for alpha in (0.01, 0.05, 0.1, 0.15):  # one keypoint judged otherwise moves it by > 1e-3
+        assert ours[f"{alpha:.2f}"]["per_image"] == pytest.approx(  # (it averages in float32)
+            float(theirs[f"pck{alpha}"]["all"]), abs=1e-6)
+    assert 0 < ours["0.05"]["per_image"] < 1

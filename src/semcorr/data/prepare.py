@@ -141,21 +141,21 @@ def check_spair_u(root: Path) -> list[str]:
     from semcorr.data.spair_u import EXTRA_FOLDERS, find_extra_root
 
     problems = _missing(root, ["JPEGImages", "ImageAnnotation"], "folder")
-    extra = find_extra_root(root)
-    if extra is None:
+    found = find_extra_root(root)
+    if found is None:
         return problems + [f"{name}/ (SPair-U: here or in ../SPair-U)" for name in EXTRA_FOLDERS]
-    prefix = "" if extra == root else "../SPair-U/"
-    pairs = sorted((extra / "ExtraPairAnnotation" / "test").glob("*:*.json"))
+    pair_folder, image_folder = (os.path.relpath(p, root) for p in found)
+    pairs = sorted((found[0] / "test").glob("*:*.json"))
     if not pairs:
-        problems.append(f"{prefix}ExtraPairAnnotation/test/<id>-<src>-<trg>:<category>.json "
-                        "(no SPair-U pair file)")
+        problems.append(f"{pair_folder}/test/<id>-<src>-<trg>:<category>.json (no SPair-U pair "
+                        "file)")
     wanted: dict[str, None] = {}
     for pair in pairs:
         stem, _, category = pair.stem.rpartition(":")
         for name in stem.split("-", 2)[1:]:
             wanted[f"JPEGImages/{category}/{name}.jpg"] = None
             wanted[f"ImageAnnotation/{category}/{name}.json"] = None
-            wanted[f"{prefix}ExtraImageAnnotation/{category}/{name}.json"] = None
+            wanted[f"{image_folder}/{category}/{name}.json"] = None
     return problems + _missing(root, wanted)
 
 
@@ -248,12 +248,14 @@ DATASET_SPECS: dict[str, DatasetSpec] = {
                         "SPair-71k.tar.gz", None, present="JPEGImages",
                         note="no checksum is published; only the size is checked"),
              RemoteFile("https://groups.inf.ed.ac.uk/hbilen-data/data/JamaisVuData/SPair-U.zip",
-                        "SPair-U.zip", None, present="ExtraPairAnnotation",
+                        "SPair-U.zip", None, into="../SPair-U",
+                        present="../SPair-U/PairAnnotation",
                         note="the location named in VICO-UoE/JamaisVu's README; no checksum "
                         "is published")),
             check_spair_u,
-            manual="SPair-U's Extra* folders may also sit in a sibling folder SPair-U "
-            "(ROOT/../SPair-U/ExtraPairAnnotation, as Jamais Vu's README unpacks them).",
+            manual="SPair-U.zip is unpacked beside SPair-71k, into ROOT/../SPair-U (its "
+            "PairAnnotation/ and ImageAnnotation/, as Jamais Vu's and MARCO's READMEs place "
+            "it); Jamais Vu's code layout, ROOT/Extra{Pair,Image}Annotation, is read too.",
         ),
         DatasetSpec(
             "pf-pascal",
@@ -327,9 +329,13 @@ def _unpack(archive: Path, root: Path, strip_top: bool = True) -> None:
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root, prefix=".unpack-") as scratch:
         extract_archive(archive, scratch)
-        entries = [p for p in Path(scratch).iterdir() if p.name != "__MACOSX"]
-        single = len(entries) == 1 and entries[0].is_dir() and strip_top
-        top = entries[0] if single else Path(scratch)
+        top = Path(scratch)
+        while strip_top:  # the single top folder; then also one named as root (x/SPair-U/...)
+            entries = [p for p in top.iterdir() if p.name != "__MACOSX"]
+            if not (len(entries) == 1 and entries[0].is_dir()) or (
+                    top != Path(scratch) and entries[0].name != root.name):
+                break
+            top = entries[0]
         _merge_into(top, root)
 
 

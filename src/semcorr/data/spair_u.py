@@ -5,12 +5,15 @@ new keypoints, as released in VICO-UoE/JamaisVu.
 
     ROOT/JPEGImages/<category>/<name>.jpg                  SPair-71k's images
     ROOT/ImageAnnotation/<category>/<name>.json            SPair-71k's keypoints ("seen")
-    EXTRA/ExtraPairAnnotation/test/<id>-<src>-<trg>:<category>.json
-    EXTRA/ExtraImageAnnotation/<category>/<name>.json      the new keypoints ("unseen")
+    ROOT/ExtraPairAnnotation/test/<id>-<src>-<trg>:<category>.json     SPair-U's pairs
+    ROOT/ExtraImageAnnotation/<category>/<name>.json       the new keypoints ("unseen")
 
-``ROOT`` is the SPair-71k folder; ``EXTRA`` is ``ROOT`` itself (where the released code reads the
-Extra* folders) or a sibling ``SPair-U`` (where its README unpacks them). Pairs are found by glob,
-not from SPair's Layout lists, sorted by category then file name (the released loader's order).
+``ROOT`` is the SPair-71k folder. SPair-U's two folders are looked for, in this order:
+``ROOT/Extra{Pair,Image}Annotation`` (where Jamais Vu's ``utils/utils_dataset.py`` reads them),
+``ROOT/../SPair-U/Extra{Pair,Image}Annotation``, and ``ROOT/../SPair-U/{Pair,Image}Annotation``:
+the released ``SPair-U.zip`` unpacked where both READMEs put it (``data/SPair-U``; MARCO's
+``docs/data.md`` moves the archive's ``datasets/SPair-U/*`` there). Pairs are found by glob, not
+from SPair's Layout lists, sorted by category then file name (the released loader's order).
 
 Each sample holds SPair-71k's own keypoints of the pair ("seen", the ids supervised heads are
 trained on) followed by the new ones ("unseen"); ``extra["keypoint_groups"]["keypoint_set"]``
@@ -46,10 +49,14 @@ from semcorr.data.spair import (
 from semcorr.errors import InputError
 from semcorr.eval.groups import GROUPS_KEY, HEADLINE_KEY
 
-__all__ = ["EXTRA_FOLDERS", "KEYPOINT_SET", "UNSEEN_ID_OFFSET", "SPairU", "find_extra_root"]
+__all__ = ["EXTRA_FOLDERS", "EXTRA_PLACES", "KEYPOINT_SET", "UNSEEN_ID_OFFSET", "SPairU",
+           "find_extra_root"]
 
-#: The folders SPair-U adds.
+#: The folders SPair-U adds, as Jamais Vu's code names them inside SPair-71k.
 EXTRA_FOLDERS = ("ExtraPairAnnotation", "ExtraImageAnnotation")
+#: Where they are looked for: (folder relative to ROOT, pair folder name, image folder name).
+EXTRA_PLACES = ((".", *EXTRA_FOLDERS), ("../SPair-U", *EXTRA_FOLDERS),
+                ("../SPair-U", "PairAnnotation", "ImageAnnotation"))
 #: ``keypoint_ids`` of an unseen row: this offset plus its SPair-U id.
 UNSEEN_ID_OFFSET = 100
 #: The breakdown name of the seen/unseen labels.
@@ -57,11 +64,13 @@ KEYPOINT_SET = "keypoint_set"
 _DIFFICULTY = ("viewpoint_variation", "scale_variation", "truncation", "occlusion", "mirror")
 
 
-def find_extra_root(root: Path) -> Path | None:
-    """The folder holding SPair-U's Extra* folders: ``root`` or its sibling ``SPair-U``."""
-    for candidate in (root, root.parent / "SPair-U"):
-        if all((candidate / name).is_dir() for name in EXTRA_FOLDERS):
-            return candidate
+def find_extra_root(root: Path) -> tuple[Path, Path] | None:
+    """SPair-U's pair folder (holding ``test/``) and image annotation folder for the SPair-71k
+    folder ``root`` (see :data:`EXTRA_PLACES`), or ``None``."""
+    for where, pairs, images in EXTRA_PLACES:
+        folder = root if where == "." else root.parent / where.removeprefix("../")
+        if (folder / pairs).is_dir() and (folder / images).is_dir():
+            return folder / pairs, folder / images
     return None
 
 
@@ -87,15 +96,16 @@ class SPairU(PairDataset):
         self.root = require_dir(Path(root), "SPair-71k folder")
         for sub in ("JPEGImages", "ImageAnnotation"):
             require_dir(self.root / sub, "folder of the SPair-71k layout")
-        extra = find_extra_root(self.root)
-        if extra is None:
+        found = find_extra_root(self.root)
+        if found is None:
             raise InputError(
                 f"{self.root}: SPair-U's {' and '.join(EXTRA_FOLDERS)} are neither in this "
-                f"SPair-71k folder nor in {self.root.parent / 'SPair-U'}; get them with "
-                f"'semcorr data prepare spair-u --root {self.root}'")
-        self.extra_root = extra
+                f"SPair-71k folder nor in {self.root.parent / 'SPair-U'} (there also as "
+                "PairAnnotation and ImageAnnotation, as the released archive has them); get "
+                f"them with 'semcorr data prepare spair-u --root {self.root}'")
+        self.extra_pairs, self.extra_images = found
         self.split = split
-        folder = require_dir(extra / "ExtraPairAnnotation" / split, f"SPair-U {split} pairs")
+        folder = require_dir(self.extra_pairs / split, f"SPair-U {split} pairs")
         pattern = "*:*.json" if category is None else f"*:{category}.json"
         files = sorted(folder.glob(pattern), key=lambda p: (p.stem.rpartition(":")[2], p.name))
         self._files = files
@@ -123,12 +133,11 @@ class SPairU(PairDataset):
         category = str(_field(pair, "category", path))
         names = [str(_field(pair, key, path)) for key in ("src_imname", "trg_imname")]
         seen = [self._keypoints(self.root / "ImageAnnotation", category, n) for n in names]
-        unseen = [self._keypoints(self.extra_root / "ExtraImageAnnotation", category, n)
-                  for n in names]
-        for label, (src, trg) in (("ImageAnnotation", seen), ("ExtraImageAnnotation", unseen)):
+        unseen = [self._keypoints(self.extra_images, category, n) for n in names]
+        for label, (src, trg) in (("SPair-71k", seen), ("SPair-U", unseen)):
             if src[0].shape != trg[0].shape:
-                raise InputError(f"{path}: the two images' {label} files have different "
-                                 "keypoint counts")
+                raise InputError(f"{path}: the two images' {label} annotation files have "
+                                 "different keypoint counts")
         k_seen, k_unseen = seen[0][0].shape[0], unseen[0][0].shape[0]
         src_pts, trg_pts = (torch.cat([seen[i][0], unseen[i][0]]) for i in (0, 1))
         src_vis, trg_vis = (torch.cat([seen[i][1], unseen[i][1]]) for i in (0, 1))

@@ -3,7 +3,7 @@
 Published numbers are measured in different ways: in the original image or in a stretched
 square, with ``<`` or ``<=``, against a box, the image or the keypoints' extent, averaged over
 pairs or over categories. A :class:`PCKProtocol` writes one such way out rule by rule; the
-registry holds six:
+registry holds seven:
 
 * ``geoaware``: the original image, ``distance < α · max side of the target box`` (the dataset's
   own reference: box for SPair-71k, AP-10k and CUB), per image = mean over pairs (semcorr's rule
@@ -25,6 +25,11 @@ registry holds six:
   image, ``distance < α · max side of the target box`` (from the pair file), per image = mean over
   pairs, α 0.01, 0.05, 0.10 and 0.15, broken down by keypoint set (seen: SPair-71k's own
   keypoints; unseen: SPair-U's; the headline is unseen, the paper's figure);
+* ``marco``: MARCO's ``evaluate.py`` (visinf/MARCO ``util/evaluator.py``,
+  ``datasets/dataset.py``, ``configs/dataset/spair-u.yaml``): both images stretched to 770 × 770
+  before the backbone, keypoints scaled and clamped to ``[1e-4, 769 - 1e-4]``, the stretched
+  target box's larger side, ``distance <= α · reference`` in float32, per image = mean over
+  pairs, α 0.01, 0.05, 0.10 and 0.15 (its evaluator also reports 0.20);
 * ``generalisation``: the same rule for any dataset (its own reference), α 0.01, 0.05, 0.10 and
   0.15, per image and per keypoint, with every keypoint group the dataset declares
   (:mod:`semcorr.eval.groups`): the suite's rule for a benchmark without a protocol of its own.
@@ -320,6 +325,13 @@ register_protocol(PCKProtocol(
     "seen vs unseen keypoints (headline: unseen)",
     "VICO-UoE/JamaisVu pck_train.py --UNSEEN_KPS, utils/utils_dataset.py load_spair_data",
     average="pairs", thresholds=GENERALISATION_THRESHOLDS,
+))
+register_protocol(PCKProtocol(
+    "marco", "images stretched to 770x770 before the backbone, stretched target box, "
+    "distance <= alpha * reference in float32, mean over pairs, alpha 0.01-0.15",
+    "visinf/MARCO evaluate.py, util/evaluator.py, datasets/dataset.py, configs/dataset/*.yaml",
+    comparison="<=", precision="float32", frame="stretched", average="pairs",
+    thresholds=GENERALISATION_THRESHOLDS, stretch_size=770,
 ))
 register_protocol(PCKProtocol(
     "generalisation", "original frame, distance < alpha * the dataset's reference, mean over "

@@ -114,3 +114,13 @@ def test_bad_suite_command_lines(tmp_path: Path, capsys) -> None:
     err = capsys.readouterr()
     assert "no benchmark data present" in err.err
     assert "semcorr data prepare spair-u" in err.out
+
+
+def test_a_preset_gives_the_matcher_not_the_dataset(capsys) -> None:
+    """``--preset geoaware-spair`` with ``--suite``: its matcher settings stay, its dataset,
+    protocol and thresholds give way to each benchmark's."""
+    argv = ["eval", "--suite", "generalisation", "--preset", "geoaware-spair", "--print-config"]
+    assert main(argv) == 0
+    settings = json.loads(capsys.readouterr().out)["settings"]
+    assert settings["head"] == "geoaware"
+    assert not {"dataset", "root", "protocol", "thresholds"} & set(settings)

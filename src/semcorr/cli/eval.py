@@ -176,21 +176,24 @@ def _matcher(args: argparse.Namespace) -> Any:
 
 #: Settings of a suite run that do not change its numbers (left out of ``suite.json``).
 _SUITE_VOLATILE = {"quiet", "overwrite", "out", "roots", "data_dir", "print_config"}
+#: Settings each benchmark of a suite sets itself: refused on the command line, a preset's
+#: ignored (its matcher settings are used).
+_SUITE_DATASET_SETTINGS = {"dataset": "--dataset", "root": "--root", "split": "--split",
+                           "protocol": "--protocol", "thresholds": "--thresholds",
+                           "category": "--category", "subset": "--subset",
+                           "dataset_option": "--dataset-option"}
 
 
-def _run_suite(args: argparse.Namespace, settings: dict[str, Any]) -> int:
+def _run_suite(args: argparse.Namespace, settings: dict[str, Any], given: set[str]) -> int:
     """``--suite NAME``: every benchmark of the suite whose data is present (see
-    :mod:`semcorr.eval.suite`)."""
+    :mod:`semcorr.eval.suite`); ``given``: the dataset settings on the command line."""
     from semcorr.eval.suite import run_suite
 
-    clashes = [flag for dest, flag in (("dataset", "--dataset"), ("root", "--root"),
-                                       ("protocol", "--protocol"), ("thresholds", "--thresholds"),
-                                       ("category", "--category"), ("subset", "--subset"),
-                                       ("dataset_option", "--dataset-option"))
-               if settings.get(dest)]
+    clashes = [flag for dest, flag in _SUITE_DATASET_SETTINGS.items() if dest in given]
     if clashes:
         raise InputError(f"--suite runs each benchmark with its own dataset, protocol and "
                          f"thresholds: drop {', '.join(clashes)} (use --roots or --data-dir)")
+    settings = {k: v for k, v in settings.items() if k not in _SUITE_DATASET_SETTINGS}
     if args.print_config:
         return _print_config(args, settings)
     if args.head in _LEARNED_HEADS and args.head_weights is None:
@@ -216,11 +219,12 @@ def _run(args: argparse.Namespace, defaults: dict[str, Any]) -> int:
     from semcorr.eval.benchmark import evaluate
     from semcorr.eval.report import markdown_table
 
+    given = {dest for dest in _SUITE_DATASET_SETTINGS if _given(getattr(args, dest, _UNSET))}
     settings = resolve_settings(args, defaults)
-    if args.dataset in LOCAL_FEATURE_DATASETS:
+    if args.dataset in LOCAL_FEATURE_DATASETS and args.suite is None:
         return _run_hpatches(args)
     if args.suite is not None:
-        return _run_suite(args, settings)
+        return _run_suite(args, settings, given)
     _resolve_protocol(settings)
     args.protocol, args.thresholds = settings["protocol"], settings["thresholds"]
     if args.print_config:

@@ -123,4 +123,14 @@ def test_a_preset_gives_the_matcher_not_the_dataset(capsys) -> None:
     assert main(argv) == 0
     settings = json.loads(capsys.readouterr().out)["settings"]
     assert settings["head"] == "geoaware"
-    assert not {"dataset", "root", "protocol", "thresholds"} & set(settings)
+    assert not {"dataset", "root", "thresholds"} & set(settings)
+    assert settings["protocol"] is None  # each benchmark's own
+
+
+def test_one_protocol_for_every_benchmark(tmp_path: Path) -> None:
+    root = build_spair_u(tmp_path / "data")
+    out = tmp_path / "out"
+    assert main(_argv(out, "--roots", f"spair={root}", "--protocol", "marco")) == 0
+    results = json.loads((out / "spair-u/results.json").read_text())
+    assert results["protocol"]["name"] == "marco"
+    assert results["thresholds"] == ["0.01", "0.05", "0.10", "0.15"]

@@ -189,11 +189,14 @@ def _run_suite(args: argparse.Namespace, settings: dict[str, Any], given: set[st
     :mod:`semcorr.eval.suite`); ``given``: the dataset settings on the command line."""
     from semcorr.eval.suite import run_suite
 
-    clashes = [flag for dest, flag in _SUITE_DATASET_SETTINGS.items() if dest in given]
+    protocol = settings["protocol"] if "protocol" in given else None  # for every benchmark
+    clashes = [flag for dest, flag in _SUITE_DATASET_SETTINGS.items()
+               if dest in given and dest != "protocol"]
     if clashes:
-        raise InputError(f"--suite runs each benchmark with its own dataset, protocol and "
-                         f"thresholds: drop {', '.join(clashes)} (use --roots or --data-dir)")
+        raise InputError(f"--suite runs each benchmark with its own dataset and thresholds: "
+                         f"drop {', '.join(clashes)} (use --roots or --data-dir)")
     settings = {k: v for k, v in settings.items() if k not in _SUITE_DATASET_SETTINGS}
+    settings["protocol"] = protocol
     if args.print_config:
         return _print_config(args, settings)
     if args.head in _LEARNED_HEADS and args.head_weights is None:
@@ -207,7 +210,8 @@ def _run_suite(args: argparse.Namespace, settings: dict[str, Any], given: set[st
                        roots={k: str(v) for k, v in roots.items()}, data_dir=args.data_dir,
                        settings={k: v for k, v in settings.items()
                                  if k not in _SUITE_VOLATILE},
-                       limit=args.limit, overwrite=args.overwrite, progress=not args.quiet)
+                       limit=args.limit, overwrite=args.overwrite, progress=not args.quiet,
+                       protocol=protocol)
     print(open(f"{out}/suite.md", encoding="utf-8").read(), end="")
     print(f"wrote {out}/suite.md, suite.csv, suite.png ({len(report['results'])} benchmark(s), "
           f"{len(report['skipped'])} skipped)")

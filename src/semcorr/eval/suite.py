@@ -134,6 +134,7 @@ def run_suite(
     overwrite: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    protocol: str | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) every benchmark of ``suite`` whose data is present, then write the table.
 
@@ -149,6 +150,8 @@ def run_suite(
         overwrite: discard earlier results in ``out``.
         progress: progress bars.
         log: receives one line per benchmark (run, resumed, finished earlier, skipped).
+        protocol: one protocol for every benchmark (default: each dataset's own,
+            :data:`~semcorr.eval.protocols.DEFAULT_PROTOCOLS`, else ``generalisation``).
 
     Returns:
         ``{"suite", "results": {benchmark: results.json}, "skipped": {benchmark: line},
@@ -203,8 +206,8 @@ def run_suite(
             + (" (resuming)" if (folder / "predictions.jsonl").is_file() else ""))
         results[benchmark.name] = evaluate(
             matcher, dataset, folder, thresholds=GENERALISATION_THRESHOLDS, limit=limit,
-            progress=progress, protocol=DEFAULT_PROTOCOLS.get(benchmark.dataset,
-                                                              "generalisation"),
+            progress=progress, protocol=protocol or DEFAULT_PROTOCOLS.get(benchmark.dataset,
+                                                                          "generalisation"),
             extra_config={"suite": suite, "benchmark": benchmark.name})
     if not results:
         raise InputError(f"suite {suite}: no benchmark data present (see the lines above)")

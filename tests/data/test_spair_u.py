@@ -191,32 +191,16 @@ def test_prepare_downloads_from_a_mirror_and_resumes(tmp_path: Path) -> None:
 
 
 def _official_dataset_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """Jamais Vu's ``utils/utils_dataset.py``: from ../shared/reference when it is there, else
-    read at run time from the fetched VICO-UoE/JamaisVu git mirror; skip when neither is."""
-    import importlib.util
-    import subprocess
+    """Jamais Vu's ``utils/utils_dataset.py`` (pandas, which only its PF-PASCAL loader uses and
+    which is not installed here, stubbed)."""
     import sys
     import types
 
-    from shared_data import SHARED
+    from reference_code import official_module
 
-    source = SHARED / "reference" / "VICO-UoE+JamaisVu" / "utils" / "utils_dataset.py"
-    if not source.is_file():
-        mirror = Path("/work/.mirror/VICO-UoE+JamaisVu/repo")
-        if not mirror.is_dir():
-            pytest.skip("Jamais Vu's code is absent (neither ../shared/reference/"
-                        "VICO-UoE+JamaisVu nor a fetched mirror of VICO-UoE/JamaisVu)")
-        text = subprocess.run(["git", "--git-dir", str(mirror), "show",
-                               "HEAD:utils/utils_dataset.py"], capture_output=True, text=True,
-                              check=True).stdout
-        source = tmp_path / "jamaisvu_utils_dataset.py"
-        source.write_text(text)
-    if "pandas" not in sys.modules:  # imported by its PF-PASCAL loader only; not installed here
+    if "pandas" not in sys.modules:
         monkeypatch.setitem(sys.modules, "pandas", types.ModuleType("pandas"))
-    spec = importlib.util.spec_from_file_location("jamaisvu_utils_dataset", source)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return official_module("VICO-UoE/JamaisVu", "utils/utils_dataset.py", tmp_path)
 
 
 @pytest.mark.parametrize("unseen", [True, False])

@@ -126,25 +126,9 @@ def test_marco_protocol_equals_marcos_evaluator(tmp_path: Path) -> None:
     """MARCO's ``util/evaluator.py`` PCKEvaluator (per image, '<=' in float32) and semcorr's
     ``marco`` protocol on the same stretched-frame pairs, some errors exactly at α · reference.
     The evaluator is read from ../shared/reference or the fetched visinf/MARCO mirror."""
-    import importlib.util
-    import subprocess
+    from reference_code import official_module
 
-    from shared_data import SHARED
-
-    source = SHARED / "reference" / "visinf+MARCO" / "util" / "evaluator.py"
-    if not source.is_file():
-        mirror = Path("/work/.mirror/visinf+MARCO/repo")
-        if not mirror.is_dir():
-            pytest.skip("MARCO's code is absent (neither ../shared/reference/visinf+MARCO nor a "
-                        "fetched mirror of visinf/MARCO)")
-        source = tmp_path / "marco_evaluator.py"
-        source.write_text(subprocess.run(
-            ["git", "--git-dir", str(mirror), "show", "HEAD:util/evaluator.py"],
-            capture_output=True, text=True, check=True).stdout)
-    spec = importlib.util.spec_from_file_location("marco_evaluator", source)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-
+    module = official_module("visinf/MARCO", "util/evaluator.py", tmp_path)
     gen = torch.Generator().manual_seed(3)
     official = module.PCKEvaluator(pck_by="image")
     records = []

@@ -34,7 +34,8 @@ from semcorr.data.base import (
 )
 from semcorr.errors import InputError
 
-__all__ = ["SPAIR_CATEGORIES", "SPAIR_FLIP_PAIRS", "SPAIR_SYMMETRY_GROUPS", "SPair71k"]
+__all__ = ["SPAIR_CATEGORIES", "SPAIR_FLIP_PAIRS", "SPAIR_SYMMETRY_GROUPS", "SPair71k",
+           "keypoints_from_annotation", "required_field"]
 
 SPAIR_CATEGORIES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -182,7 +183,8 @@ def keypoints_from_annotation(kps: dict[str, Any], path: Path) -> tuple[torch.Te
     return points, annotated
 
 
-def _field(data: dict[str, Any], key: str, path: Path) -> Any:
+def required_field(data: dict[str, Any], key: str, path: Path) -> Any:
+    """``data[key]``, or an :class:`InputError` naming ``path`` and the missing field."""
     if key not in data:
         raise InputError(f"{path}: missing field {key!r}")
     return data[key]
@@ -245,22 +247,22 @@ class SPair71k(PairDataset):
     def sample(self, index: int) -> PairSample:
         path = self._pair_file(self._names[index])
         pair = read_json(path)
-        category = str(_field(pair, "category", path))
-        src_image, src_json = self._image(category, str(_field(pair, "src_imname", path)))
-        trg_image, trg_json = self._image(category, str(_field(pair, "trg_imname", path)))
+        category = str(required_field(pair, "category", path))
+        src_image, src_json = self._image(category, str(required_field(pair, "src_imname", path)))
+        trg_image, trg_json = self._image(category, str(required_field(pair, "trg_imname", path)))
         src_pts, src_vis = keypoints_from_annotation(
-            _field(read_json(src_json), "kps", src_json), src_json
+            required_field(read_json(src_json), "kps", src_json), src_json
         )
         trg_pts, trg_vis = keypoints_from_annotation(
-            _field(read_json(trg_json), "kps", trg_json), trg_json
+            required_field(read_json(trg_json), "kps", trg_json), trg_json
         )
         if src_pts.shape != trg_pts.shape:
             raise InputError(f"{path}: source and target have different keypoint counts")
         k = src_pts.shape[0]
-        src_box = torch.tensor(_field(pair, "src_bndbox", path), dtype=torch.float32)
-        trg_box = torch.tensor(_field(pair, "trg_bndbox", path), dtype=torch.float32)
-        src_size = _field(pair, "src_imsize", path)
-        trg_size = _field(pair, "trg_imsize", path)
+        src_box = torch.tensor(required_field(pair, "src_bndbox", path), dtype=torch.float32)
+        trg_box = torch.tensor(required_field(pair, "trg_bndbox", path), dtype=torch.float32)
+        src_size = required_field(pair, "src_imsize", path)
+        trg_size = required_field(pair, "trg_imsize", path)
         extra = {key: pair[key] for key in (*_DIFFICULTY, "src_pose", "trg_pose") if key in pair}
         return PairSample(
             source_path=src_image,

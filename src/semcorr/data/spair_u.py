@@ -45,6 +45,7 @@ from semcorr.data.spair import (
     SPAIR_FLIP_PAIRS,
     SPAIR_SYMMETRY_GROUPS,
     keypoints_from_annotation,
+    required_field,
 )
 from semcorr.errors import InputError
 from semcorr.eval.groups import GROUPS_KEY, HEADLINE_KEY
@@ -72,12 +73,6 @@ def find_extra_root(root: Path) -> tuple[Path, Path] | None:
         if (folder / pairs).is_dir() and (folder / images).is_dir():
             return folder / pairs, folder / images
     return None
-
-
-def _field(data: dict, key: str, path: Path) -> object:
-    if key not in data:
-        raise InputError(f"{path}: missing field {key!r}")
-    return data[key]
 
 
 class SPairU(PairDataset):
@@ -125,13 +120,13 @@ class SPairU(PairDataset):
                    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(K, 2)`` points and ``(K,)`` annotated mask of one image's annotation file."""
         path = folder / category / f"{Path(image).stem}.json"
-        return keypoints_from_annotation(_field(read_json(path), "kps", path), path)
+        return keypoints_from_annotation(required_field(read_json(path), "kps", path), path)
 
     def sample(self, index: int) -> PairSample:
         path = self._files[index]
         pair = read_json(path)
-        category = str(_field(pair, "category", path))
-        names = [str(_field(pair, key, path)) for key in ("src_imname", "trg_imname")]
+        category = str(required_field(pair, "category", path))
+        names = [str(required_field(pair, key, path)) for key in ("src_imname", "trg_imname")]
         seen = [self._keypoints(self.root / "ImageAnnotation", category, n) for n in names]
         unseen = [self._keypoints(self.extra_images, category, n) for n in names]
         for label, (src, trg) in (("SPair-71k", seen), ("SPair-U", unseen)):
@@ -142,9 +137,9 @@ class SPairU(PairDataset):
         src_pts, trg_pts = (torch.cat([seen[i][0], unseen[i][0]]) for i in (0, 1))
         src_vis, trg_vis = (torch.cat([seen[i][1], unseen[i][1]]) for i in (0, 1))
         no_partner = torch.full((k_unseen,), -1, dtype=torch.long)
-        src_box = torch.tensor(_field(pair, "src_bndbox", path), dtype=torch.float32)
-        trg_box = torch.tensor(_field(pair, "trg_bndbox", path), dtype=torch.float32)
-        sizes = [_field(pair, key, path) for key in ("src_imsize", "trg_imsize")]
+        src_box = torch.tensor(required_field(pair, "src_bndbox", path), dtype=torch.float32)
+        trg_box = torch.tensor(required_field(pair, "trg_bndbox", path), dtype=torch.float32)
+        sizes = [required_field(pair, key, path) for key in ("src_imsize", "trg_imsize")]
         extra: dict[str, object] = {key: pair[key] for key in (*_DIFFICULTY, "src_pose",
                                                                 "trg_pose") if key in pair}
         extra[GROUPS_KEY] = {KEYPOINT_SET: ["seen"] * k_seen + ["unseen"] * k_unseen}

@@ -20,18 +20,23 @@ def save_pck_curve(path: str | Path, curve: dict[str, Any], title: str = "") -> 
     Returns:
         ``path``.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(5, 4), dpi=100)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot(1, 1, 1)
+    figure, axes = _figure((5, 4))
     alphas = curve["alpha"]
     for key, style in (("per_image", "-o"), ("per_keypoint", "--s")):
         values = [float("nan") if v is None else 100 * v for v in curve.get(key, [])]
         if values:
             axes.plot(alphas, values, style, markersize=3, label=key.replace("_", " "))
     return _finish(figure, axes, path, title)
+
+
+def _figure(size: tuple[float, float]) -> tuple[Any, Any]:
+    """A matplotlib figure of ``size`` inches (100 dpi, Agg canvas) and its one axes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=size, dpi=100)
+    FigureCanvasAgg(figure)
+    return figure, figure.add_subplot(1, 1, 1)
 
 
 def _finish(figure: Any, axes: Any, path: str | Path, title: str,
@@ -69,12 +74,7 @@ def save_pck_lines(path: str | Path, alphas: list[float],
     Returns:
         ``path``.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(9, 4.5), dpi=100)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot(1, 1, 1)
+    figure, axes = _figure((9, 4.5))
     for label, values in series.items():
         axes.plot(alphas, [float("nan") if v is None else 100 * v for v in values], "-o",
                   markersize=3, label=label)

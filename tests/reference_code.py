@@ -1,0 +1,40 @@
+"""Official code the fidelity tests import at run time, from ../shared/reference or, for
+repositories not copied there, from their fetched git mirror (never copied into this repository).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from shared_data import SHARED
+
+#: Where fetched repositories' git directories live (``owner+name/repo``).
+MIRRORS = Path("/work/.mirror")
+
+
+def official_module(repo: str, path: str, scratch: Path) -> ModuleType:
+    """Import ``path`` of the GitHub repository ``repo`` (``owner/name``): from
+    ``../shared/reference/owner+name`` when it is there, else read from the fetched mirror into
+    ``scratch``; skip the test, saying why, when neither is present."""
+    folder = repo.replace("/", "+")
+    source = SHARED / "reference" / folder / path
+    if not source.is_file():
+        mirror = MIRRORS / folder / "repo"
+        if not mirror.is_dir():
+            pytest.skip(f"{repo}'s code is absent (neither ../shared/reference/{folder} nor a "
+                        f"fetched mirror of {repo})")
+        text = subprocess.run(["git", "--git-dir", str(mirror), "show", f"HEAD:{path}"],
+                              capture_output=True, text=True, check=True).stdout
+        source = scratch / f"{folder}_{Path(path).name}"
+        source.write_text(text)
+    name = f"official_{folder}_{Path(path).stem}".replace("-", "_").replace("+", "_")
+    spec = importlib.util.spec_from_file_location(name, source)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -24,6 +24,13 @@ that per-id tables never merge a new keypoint with an old one. SPair's left/righ
 symmetry groups are never applied to the new rows (``flip_permutation`` and ``symmetry_groups``
 ``-1``). PCK uses α times the larger side of the target box of the Extra pair file (as
 Jamais Vu's ``load_spair_data``).
+
+Known difference: Jamais Vu's ``pck_train.py`` with ``--ADAPT_FLIP`` (its zero-shot config) and
+``--UNSEEN_KPS`` permutes the new ids with SPair's left/right list of the category
+(``SPAIR_FLIP[category]`` indexes the 30 slots whatever file they come from); semcorr gives the
+new rows no partner, so a flipped source predicts each new keypoint from its mirrored position.
+MARCO's ``datasets/spair_u.py`` reads the pair files' ``src_kps``/``trg_kps`` lists instead of
+the image files (the same points where the release is consistent).
 """
 
 from __future__ import annotations

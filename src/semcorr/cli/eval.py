@@ -316,7 +316,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "folder, for SPair-U),mp100=DIR,soco=DIR")
     parser.add_argument("--data-dir", default=None, metavar="DIR",
                         help="--suite: a folder holding the benchmarks under their official "
-                        "names (SPair-71k, mp100, SOCO)")
+                        "names (SPair-71k, mp100 or mp100_all, SOCOv1)")
     parser.add_argument("--split", default="test", help="split (default: test)")
     parser.add_argument("--category", default=None, help="evaluate one category only")
     parser.add_argument(

@@ -147,7 +147,8 @@ def test_evaluate_end_to_end(root: Path, tmp_path: Path) -> None:
     assert results["pck"]["0.10"]["per_image"] == groups["unseen"]["0.10"]["per_image"]
     assert results["counts"]["all"]["keypoints"] == 9
     table = (tmp_path / "out" / "results.md").read_text()
-    assert "### by keypoint set" in table and "**headline** (keypoint_set=unseen" in table
+    assert "### by keypoint set" in table
+    assert "| **headline** (keypoint_set=unseen, per image) | 2 |" in table
 
 
 def test_prepare_verifies_both_places(tmp_path: Path) -> None:

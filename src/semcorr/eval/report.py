@@ -49,7 +49,10 @@ def markdown_table(results: dict[str, Any], kind: str = "per_image") -> str:
         row = [label, str(total), *[format_pck(everything[k][field]) for k in keys]]
         lines.append("| " + " | ".join(row) + " |")
     if "pck_all_keypoints" in results:
-        row = [f"**headline** ({results['headline'].split(':')[0]}, per image)", "",
+        group = results["headline"].split(":")[0]  # "breakdown=label: ..."
+        name, _, label = group.partition("=")
+        pairs = results.get("groups", {}).get(name, {}).get(label, {}).get("pairs", 0)
+        row = [f"**headline** ({group}, per image)", str(pairs),
                *[format_pck(results["pck"][k]["per_image"]) for k in keys]]
         lines.append("| " + " | ".join(row) + " |")
     geo = results.get("geo_aware", {})

@@ -21,6 +21,8 @@ from semcorr.errors import InputError
 from semcorr.registry import Registry
 
 __all__ = [
+    "GROUPS_KEY",
+    "HEADLINE_KEY",
     "DATASETS",
     "OUTSIDE_TOLERANCE",
     "BadPair",
@@ -111,6 +113,11 @@ class PairSample:
 
 #: How far (pixels) a visible source keypoint may lie outside its image and still be used (it is
 #: then pulled onto the border): annotation tools round to the pixel grid.
+#: ``PairSample.extra`` key of the per-row keypoint group labels (:mod:`semcorr.eval.groups`).
+GROUPS_KEY = "keypoint_groups"
+#: ``PairSample.extra`` key of the headline group ``(breakdown, label)``.
+HEADLINE_KEY = "headline_group"
+
 OUTSIDE_TOLERANCE = 1.0
 
 

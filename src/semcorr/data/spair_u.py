@@ -40,6 +40,8 @@ from pathlib import Path
 import torch
 
 from semcorr.data.base import (
+    GROUPS_KEY,
+    HEADLINE_KEY,
     PairDataset,
     PairSample,
     flip_permutation_from_pairs,
@@ -55,7 +57,6 @@ from semcorr.data.spair import (
     required_field,
 )
 from semcorr.errors import InputError
-from semcorr.eval.groups import GROUPS_KEY, HEADLINE_KEY
 
 __all__ = ["EXTRA_FOLDERS", "EXTRA_PLACES", "KEYPOINT_SET", "UNSEEN_ID_OFFSET", "SPairU",
            "find_extra_root"]

@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from semcorr.data.base import GROUPS_KEY, HEADLINE_KEY
+
 __all__ = [
     "GROUPS_KEY",
     "HEADLINE_KEY",
@@ -38,10 +40,6 @@ __all__ = [
     "headline_of",
 ]
 
-#: ``PairSample.extra`` key of the per-row labels.
-GROUPS_KEY = "keypoint_groups"
-#: ``PairSample.extra`` key of the headline group.
-HEADLINE_KEY = "headline_group"
 
 
 def groups_problem(groups: Any, rows: int) -> str | None:

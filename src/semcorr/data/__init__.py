@@ -1,6 +1,15 @@
 """Benchmark datasets in their official on-disk layouts, yielding :class:`PairSample`."""
 
-from semcorr.data import ap10k, cub, keypoints_json, pfpascal, pfwillow, spair  # noqa: F401
+from semcorr.data import (  # noqa: F401
+    ap10k,
+    cub,
+    keypoints_json,
+    mp100,
+    pfpascal,
+    pfwillow,
+    soco,
+    spair,
+)
 from semcorr.data.base import (
     DATASETS,
     PairDataset,

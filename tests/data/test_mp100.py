@@ -176,3 +176,13 @@ def test_pck_by_hand_through_eval(mp100_root: Path, tmp_path: Path) -> None:
         pytest.skip("the evaluator does not report keypoint_groups yet (branch r23spairu)")
     for label, expected in by_split.items():
         assert groups["category_split"][label]["0.10"]["mean"] == pytest.approx(expected)
+
+
+def test_prepare_verifies_and_says_what_to_fetch(mp100_root: Path, tmp_path: Path) -> None:
+    from semcorr.data.prepare import prepare
+
+    report = prepare("mp100", mp100_root, fetch=False, progress=False)
+    assert report["complete"] and report["missing"] == []
+    report = prepare("mp100", tmp_path / "empty", fetch=False, progress=False)
+    assert not report["complete"] and "Google Drive" in report["manual"]
+    assert report["checksums"] == {"mp100_pairs.zip": "unknown: no checksum is published"}

@@ -44,7 +44,8 @@ class _Named(PairDataset):
 
 
 def test_registry_and_dataset_defaults() -> None:
-    assert list_protocols() == ["foundation-finetune", "geoaware", "pf", "sd4match"]
+    assert list_protocols() == ["foundation-finetune", "generalisation", "geoaware", "pf",
+                                "sd4match", "spair-u"]
     assert [default_protocol(d) for d in ("spair", "spair-71k", "ap10k", "cub", "pf-pascal",
                                           "pf-willow")] == ["geoaware"] * 4 + ["pf"] * 2
     with pytest.raises(UnknownNameError, match="unknown PCK protocol 'nope'"):
@@ -176,7 +177,8 @@ def test_compute_metrics_applies_the_protocol(tmp_path: Path) -> None:
     numbers = {name: compute_metrics(path, None, [0.05], protocol=get_protocol(name))
                for name in list_protocols()}
     assert {n: r["pck"]["0.05"]["per_image"] for n, r in numbers.items()} == {
-        "foundation-finetune": 1.0, "geoaware": 0.0, "pf": 0.0, "sd4match": 1.0}
+        "foundation-finetune": 1.0, "geoaware": 0.0, "pf": 0.0, "sd4match": 1.0,
+        "generalisation": 0.0, "spair-u": 0.0}
     stats = numbers["foundation-finetune"]["statistics"]
     assert stats["by_difficulty"]["viewpoint_variation"]["2"]["per_keypoint"]["0.05"][
         "mean"] == 1.0

@@ -272,7 +272,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     defaults_text = ", ".join(f"{k} {v}" for k, v in DEFAULT_PROTOCOLS.items())
     parser.add_argument("--protocol", default=None, choices=list_protocols(),
                         help="how PCK is measured: geoaware, pf, sd4match (stretched 768 frame, "
-                        "<=) or foundation-finetune (<= box or image, mean ± std); default by "
+                        "<=), foundation-finetune (<= box or image, mean ± std), spair-u or "
+                        "generalisation (α 0.01-0.15, keypoint groups); default by "
                         f"dataset: {defaults_text}")
     parser.add_argument("--pose-distance", default="auto", choices=POSE_DISTANCES,
                         help="instance matching distance of --pose-align: auto (the dataset's "

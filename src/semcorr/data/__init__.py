@@ -9,6 +9,7 @@ from semcorr.data import (  # noqa: F401
     pfwillow,
     soco,
     spair,
+    spair_u,
 )
 from semcorr.data.base import (
     DATASETS,

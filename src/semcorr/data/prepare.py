@@ -136,6 +136,31 @@ def check_spair(root: Path) -> list[str]:
     return list(dict.fromkeys(problems))
 
 
+def check_spair_u(root: Path) -> list[str]:
+    """SPair-U: SPair-71k's images and annotations in ``root``, the Extra* folders there or in a
+    sibling ``SPair-U``, and, for every SPair-U test pair, its two images and their three
+    annotation files (paths relative to ``root``)."""
+    from semcorr.data.spair_u import EXTRA_FOLDERS, find_extra_root
+
+    problems = _missing(root, ["JPEGImages", "ImageAnnotation"], "folder")
+    extra = find_extra_root(root)
+    if extra is None:
+        return problems + [f"{name}/ (SPair-U: here or in ../SPair-U)" for name in EXTRA_FOLDERS]
+    prefix = "" if extra == root else "../SPair-U/"
+    pairs = sorted((extra / "ExtraPairAnnotation" / "test").glob("*:*.json"))
+    if not pairs:
+        problems.append(f"{prefix}ExtraPairAnnotation/test/<id>-<src>-<trg>:<category>.json "
+                        "(no SPair-U pair file)")
+    wanted: dict[str, None] = {}
+    for pair in pairs:
+        stem, _, category = pair.stem.rpartition(":")
+        for name in stem.split("-", 2)[1:]:
+            wanted[f"JPEGImages/{category}/{name}.jpg"] = None
+            wanted[f"ImageAnnotation/{category}/{name}.json"] = None
+            wanted[f"{prefix}ExtraImageAnnotation/{category}/{name}.json"] = None
+    return problems + _missing(root, wanted)
+
+
 def check_pf_pascal(root: Path) -> list[str]:
     """PF-PASCAL: images, annotations, the test/val pair lists and every image they name."""
     problems = _missing(root, ["JPEGImages", "Annotations"], "folder")
@@ -216,6 +241,21 @@ DATASET_SPECS: dict[str, DatasetSpec] = {
                         "SPair-71k.tar.gz", None,
                         note="no checksum is published; only the size is checked"),),
             check_spair,
+        ),
+        DatasetSpec(
+            "spair-u",
+            "SPair-U (Mariotti et al., Jamais Vu, NeurIPS 2025): new keypoints for SPair-71k's "
+            "test pairs; ROOT is the SPair-71k folder",
+            (RemoteFile("http://cvlab.postech.ac.kr/research/SPair-71k/data/SPair-71k.tar.gz",
+                        "SPair-71k.tar.gz", None, present="JPEGImages",
+                        note="no checksum is published; only the size is checked"),
+             RemoteFile("https://groups.inf.ed.ac.uk/hbilen-data/data/JamaisVuData/SPair-U.zip",
+                        "SPair-U.zip", None, present="ExtraPairAnnotation",
+                        note="the location named in VICO-UoE/JamaisVu's README; no checksum "
+                        "is published")),
+            check_spair_u,
+            manual="SPair-U's Extra* folders may also sit in a sibling folder SPair-U "
+            "(ROOT/../SPair-U/ExtraPairAnnotation, as Jamais Vu's README unpacks them).",
         ),
         DatasetSpec(
             "pf-pascal",
@@ -473,4 +513,4 @@ def prepare(
 
 
 __all__ += ["DownloadError", "check_ap10k", "check_cub", "check_mp100", "check_pf_pascal",
-            "check_pf_willow", "check_soco", "check_spair"]
+            "check_pf_willow", "check_soco", "check_spair", "check_spair_u"]

@@ -36,6 +36,7 @@ import torch
 
 from semcorr.data.base import BadPair, PairDataset, PairSample, sample_problem
 from semcorr.errors import ImageError, InputError
+from semcorr.eval.groups import group_labels, group_tables, headline_of
 from semcorr.eval.metrics import (  # noqa: F401  (public here as before)
     CURVE_ALPHAS,
     compute_metrics,
@@ -247,6 +248,7 @@ def _predict(
         "target_path": str(sample.target_path),
         "src": sample.source_points[rows].tolist(),
         "extra": {k: v for k, v in sample.extra.items() if isinstance(v, (str, int, float, bool))},
+        **_group_fields(sample, rows),
     }
     if rows.numel() == 0:
         record.update(pred=[], scores=[], pose="identity")
@@ -272,6 +274,17 @@ def _predict(
     if result.pose_metric:
         record["pose_distance"] = result.pose_metric
     return record
+
+def _group_fields(sample: PairSample, rows: torch.Tensor) -> dict[str, Any]:
+    """The record's ``groups`` (labels of the visible ``rows``) and ``headline_group``, when the
+    sample declares them (:mod:`semcorr.eval.groups`)."""
+    try:
+        groups, headline = group_labels(sample.extra, rows), headline_of(sample.extra)
+    except ValueError as exc:
+        raise InputError(f"{sample.pair_id}: {exc}") from None
+    return {**({"groups": groups} if groups else {}),
+            **({"headline_group": headline} if headline else {})}
+
 
 def _partners(sample: PairSample, rows: torch.Tensor) -> list[int]:
     """Flip partner codes of the visible ``rows`` (see :meth:`Matcher.match`): the partner's
@@ -474,6 +487,8 @@ def evaluate(
         )
     atomic_write_json(out / RESULTS, results)
     tables = breakdown_tables(results["breakdowns"], results["thresholds"])
+    if results.get("groups"):
+        tables = group_tables(results["groups"], results["thresholds"]) + "\n" + tables
     if "statistics" in results:
         from semcorr.eval.report import statistics_tables
 

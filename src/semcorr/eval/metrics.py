@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from semcorr.eval.groups import GroupAccumulator, groups_problem, headline_of
 from semcorr.eval.pck import PCKAccumulator, PCKStatistics, format_threshold
 from semcorr.eval.protocols import PCKProtocol, get_protocol
 
@@ -62,6 +63,12 @@ def record_problem(record: Any) -> str | None:
         return "'keypoint_ids' must hold one integer per keypoint"
     if not isinstance(record.get("extra", {}), dict):
         return "'extra' must be an object"
+    if "groups" in record and (problem := groups_problem(record["groups"], len(gt))):
+        return problem
+    try:
+        headline_of(record)
+    except ValueError as exc:
+        return str(exc)
     clamped = record.get("source_clamped", 0)
     if isinstance(clamped, bool) or not isinstance(clamped, int) or not 0 <= clamped <= len(gt):
         return "'source_clamped' must be a count of keypoints"
@@ -137,6 +144,8 @@ def compute_metrics(
     columns = [alphas.index(round(float(a), 6)) for a in thresholds]
     breakdowns = BreakdownAccumulator([format_threshold(a) for a in thresholds])
     statistics = PCKStatistics(thresholds) if protocol.statistics else None
+    groups = GroupAccumulator([format_threshold(a) for a in thresholds])
+    headlines: set[tuple[str, str]] = set()
     seen: set[str] = set()
     skipped: list[dict[str, str]] = []
     pairs = clamped = 0
@@ -163,6 +172,9 @@ def compute_metrics(
                        record.get("extra"))
         if statistics is not None:
             statistics.add(record["category"], correct[:, columns], record.get("extra"))
+        groups.add(correct[:, columns], record.get("groups"))
+        if "headline_group" in record:
+            headlines.add(tuple(record["headline_group"]))
     summary = accumulator.summary()
     wanted = [format_threshold(a) for a in thresholds]
 
@@ -175,12 +187,14 @@ def compute_metrics(
         "per_keypoint": [summary["pck"][format_threshold(a)]["per_keypoint"] for a in alphas],
     }
     geo = summary["geo_aware"]
+    group_summary = groups.summary()
     return {
         "pairs": pairs,
         "skipped": len(skipped),
         "skipped_pairs": skipped[:_MAX_LISTED_SKIPS],
         "source_keypoints_clamped": clamped,
-        "pck": pick(summary["pck"]),
+        **_headline(pick(summary["pck"]), group_summary, headlines, wanted),
+        "groups": group_summary,
         "per_category": {c: pick(t) for c, t in summary["per_category"].items()},
         "counts": summary["counts"],
         "geo_aware": {
@@ -193,3 +207,27 @@ def compute_metrics(
         **({"statistics": statistics.summary()} if statistics is not None else {}),
         "pose_alignment": {"distance_used": dict(sorted(pose_distances.items()))},
     }
+
+
+def _headline(pck: dict[str, Any], groups: dict[str, Any], headlines: set[tuple[str, str]],
+              keys: Sequence[str]) -> dict[str, Any]:
+    """``pck`` (the headline numbers), ``headline`` (what they are) and, when the headline is a
+    keypoint group (:mod:`semcorr.eval.groups`), ``pck_all_keypoints``.
+
+    Raises:
+        InputError: when the pairs name different headline groups.
+    """
+    from semcorr.errors import InputError
+
+    if not headlines:
+        return {"pck": pck, "headline": "all visible keypoints"}
+    if len(headlines) > 1:
+        raise InputError(f"the pairs name different headline groups: {sorted(headlines)}")
+    name, label = next(iter(headlines))
+    leaf = groups.get(name, {}).get(label)
+    chosen = {k: {"per_image": None if leaf is None else leaf[k]["per_image"],
+                  "per_keypoint": None if leaf is None else leaf[k]["per_keypoint"]}
+              for k in keys}
+    return {"pck": chosen, "pck_all_keypoints": pck,
+            "headline": f"{name}={label}: the visible keypoints labelled {label!r} in the "
+                        f"breakdown {name!r} (see 'groups'); all of them in 'pck_all_keypoints'"}

@@ -3,7 +3,7 @@
 Published numbers are measured in different ways: in the original image or in a stretched
 square, with ``<`` or ``<=``, against a box, the image or the keypoints' extent, averaged over
 pairs or over categories. A :class:`PCKProtocol` writes one such way out rule by rule; the
-registry holds four:
+registry holds six:
 
 * ``geoaware``: the original image, ``distance < α · max side of the target box`` (the dataset's
   own reference: box for SPair-71k, AP-10k and CUB), per image = mean over pairs (semcorr's rule
@@ -21,6 +21,13 @@ registry holds four:
   ``distance <= α · max side of the target box`` (of the original image when there is no box),
   α 0.05–0.20, per keypoint as the headline, mean ± standard deviation (over images per image,
   over keypoints per keypoint) overall, by category and by SPair-71k difficulty.
+* ``spair-u``: Jamais Vu's ``pck_train.py --UNSEEN_KPS`` (VICO-UoE/JamaisVu): the original
+  image, ``distance < α · max side of the target box`` (from the pair file), per image = mean over
+  pairs, α 0.01, 0.05, 0.10 and 0.15, broken down by keypoint set (seen: SPair-71k's own
+  keypoints; unseen: SPair-U's; the headline is unseen, the paper's figure);
+* ``generalisation``: the same rule for any dataset (its own reference), α 0.01, 0.05, 0.10 and
+  0.15, per image and per keypoint, with every keypoint group the dataset declares
+  (:mod:`semcorr.eval.groups`): the suite's rule for a benchmark without a protocol of its own.
 
 :data:`DEFAULT_PROTOCOLS` gives each dataset's protocol when ``--protocol`` is left out.
 """
@@ -41,6 +48,7 @@ from semcorr.registry import Registry
 
 __all__ = [
     "DEFAULT_PROTOCOLS",
+    "GENERALISATION_THRESHOLDS",
     "PCKProtocol",
     "PROTOCOLS",
     "StretchedPair",
@@ -264,7 +272,10 @@ DEFAULT_PROTOCOLS: dict[str, str] = {
     "keypoints-json": "geoaware",
     "pf-pascal": "pf",
     "pf-willow": "pf",
+    "spair-u": "spair-u",
 }
+#: The α of the generalisation benchmarks (MARCO's table and SPair-U's).
+GENERALISATION_THRESHOLDS: tuple[float, ...] = (0.01, 0.05, 0.10, 0.15)
 
 
 def default_protocol(dataset_name: str) -> str:
@@ -303,4 +314,16 @@ register_protocol(PCKProtocol(
     "the DINOv2/DINOv3/SAM fine-tuning study (protocol restated in semcorr issue 17)",
     comparison="<=", reference="box-or-image", average="pairs",
     thresholds=(0.05, 0.10, 0.15, 0.20), headline="per_keypoint", statistics=True,
+))
+register_protocol(PCKProtocol(
+    "spair-u", "original frame, distance < alpha * max side of the target box, mean over pairs, "
+    "seen vs unseen keypoints (headline: unseen)",
+    "VICO-UoE/JamaisVu pck_train.py --UNSEEN_KPS, utils/utils_dataset.py load_spair_data",
+    average="pairs", thresholds=GENERALISATION_THRESHOLDS,
+))
+register_protocol(PCKProtocol(
+    "generalisation", "original frame, distance < alpha * the dataset's reference, mean over "
+    "pairs, alpha 0.01-0.15, every keypoint group the dataset declares",
+    "semcorr issue 23 (the generalisation suite's rule when a benchmark has none of its own)",
+    average="pairs", thresholds=GENERALISATION_THRESHOLDS,
 ))

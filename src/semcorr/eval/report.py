@@ -41,11 +41,16 @@ def markdown_table(results: dict[str, Any], kind: str = "per_image") -> str:
         row = [name, str(pairs), *[format_pck(table[k][kind]) for k in keys]]
         lines.append("| " + " | ".join(row) + " |")
     total = counts.get("all", {}).get("pairs", results["pairs"])
+    everything = results.get("pck_all_keypoints", results["pck"])
     for label, field in (
         ("**all** (per image)", "per_image"),
         ("**all** (per keypoint)", "per_keypoint"),
     ):
-        row = [label, str(total), *[format_pck(results["pck"][k][field]) for k in keys]]
+        row = [label, str(total), *[format_pck(everything[k][field]) for k in keys]]
+        lines.append("| " + " | ".join(row) + " |")
+    if "pck_all_keypoints" in results:
+        row = [f"**headline** ({results['headline'].split(':')[0]}, per image)", "",
+               *[format_pck(results["pck"][k]["per_image"]) for k in keys]]
         lines.append("| " + " | ".join(row) + " |")
     geo = results.get("geo_aware", {})
     if geo.get("keypoints"):

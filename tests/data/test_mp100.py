@@ -158,24 +158,25 @@ def test_pck_by_hand_through_eval(mp100_root: Path, tmp_path: Path) -> None:
     backbone = create_backbone("dense-sift", image_size=SIZE, stride=4, bin_sizes=(4, 8, 16))
     matcher = Matcher(backbone, refine="window", window=3, temperature=0.02)
     ds = episodes(mp100_root)
-    results = evaluate(matcher, ds, tmp_path, progress=False, plot=False)
+    results = evaluate(matcher, ds, tmp_path, progress=False, plot=False,
+                       protocol="generalisation")
     alphas = ("0.05", "0.10", "0.15")
     assert results["pairs"] == 12 and results["skipped"] == 0
+    assert results["headline"].startswith("category_split=unseen")
+    groups = results["groups"]["category_split"]
+    assert {k: (v["pairs"], v["keypoints"]) for k, v in groups.items()} == {
+        "seen": (6, 24), "unseen": (6, 24)}
     for a in alphas:
-        assert results["pck"][a]["per_image"] == pytest.approx(0.75)
-        assert results["pck"][a]["per_keypoint"] == pytest.approx(0.75)
-    by_split = {"seen": 1.0, "unseen": 0.5}
-    for label, expected in by_split.items():
+        for kind in ("per_image", "per_keypoint"):
+            assert results["pck_all_keypoints"][a][kind] == pytest.approx(0.75)
+            assert results["pck"][a][kind] == pytest.approx(0.5)  # the headline: unseen
+            assert groups["seen"][a][kind] == pytest.approx(1.0)
+            assert groups["unseen"][a][kind] == pytest.approx(0.5)
+    for label, expected in {"seen": 1.0, "unseen": 0.5}.items():  # the same from the cache
         ids = {s.pair_id for s in ds if s.extra["keypoint_groups"]["category_split"][0] == label}
-        subset = compute_metrics(tmp_path / "predictions.jsonl", ids, [0.05, 0.10, 0.15])
+        subset = compute_metrics(tmp_path / "predictions.jsonl", ids, [0.10])
         assert subset["pairs"] == 6
-        for a in alphas:
-            assert subset["pck"][a]["per_image"] == pytest.approx(expected)
-    groups = results.get("breakdowns", {}).get("keypoint_groups")
-    if groups is None:
-        pytest.skip("the evaluator does not report keypoint_groups yet (branch r23spairu)")
-    for label, expected in by_split.items():
-        assert groups["category_split"][label]["0.10"]["mean"] == pytest.approx(expected)
+        assert subset["pck_all_keypoints"]["0.10"]["per_image"] == pytest.approx(expected)
 
 
 def test_prepare_verifies_and_says_what_to_fetch(mp100_root: Path, tmp_path: Path) -> None:

@@ -124,20 +124,24 @@ def test_pck_by_hand_through_eval(soco_root: Path, tmp_path: Path) -> None:
     backbone = create_backbone("dense-sift", image_size=SIZE, stride=4, bin_sizes=(4, 8, 16))
     matcher = Matcher(backbone, refine="window", window=3, temperature=0.02)
     results = evaluate(matcher, create_dataset("soco", soco_root), tmp_path, progress=False,
-                       plot=False)
+                       plot=False, protocol="generalisation")
     assert results["pairs"] == 3 and results["skipped"] == 0
-    expected = {"SOC": 1.0, "Cross-SOC": 0.5}
+    assert results["headline"].startswith("correspondence_type=SOC")
+    types, kinds = results["groups"]["correspondence_type"], results["groups"]["keypoint_kind"]
+    assert {k: (v["pairs"], v["keypoints"]) for k, v in types.items()} == {
+        "Cross-SOC": (1, 4), "SOC": (2, 8)}
     for a in ("0.05", "0.10", "0.15"):
-        assert results["pck"][a]["per_image"] == pytest.approx(2.5 / 3)
-        assert results["pck"][a]["per_keypoint"] == pytest.approx(10 / 12)
+        assert results["pck_all_keypoints"][a]["per_image"] == pytest.approx(2.5 / 3)
+        assert results["pck_all_keypoints"][a]["per_keypoint"] == pytest.approx(10 / 12)
+        assert results["pck"][a]["per_image"] == pytest.approx(1.0)  # the headline: SOC
+        assert types["SOC"][a]["per_image"] == pytest.approx(1.0)
+        assert types["Cross-SOC"][a]["per_image"] == pytest.approx(0.5)
+        assert kinds["structural"][a]["per_image"] == pytest.approx(1.0)  # wheels never move
+        assert kinds["functional"][a]["per_image"] == pytest.approx(2 / 3)  # mirrors: 1, 1, 0
+        assert kinds["functional"][a]["per_keypoint"] == pytest.approx(4 / 6)
         categories = results["per_category"]
-        assert categories["car"][a]["per_image"] == pytest.approx(expected["SOC"])
-        assert categories["cross:car"][a]["per_image"] == pytest.approx(expected["Cross-SOC"])
-    groups = results.get("breakdowns", {}).get("keypoint_groups")
-    if groups is None:
-        pytest.skip("the evaluator does not report keypoint_groups yet (branch r23spairu)")
-    for label, value in expected.items():
-        assert groups["correspondence_type"][label]["0.10"]["mean"] == pytest.approx(value)
+        assert categories["car"][a]["per_image"] == pytest.approx(1.0)
+        assert categories["cross:car"][a]["per_image"] == pytest.approx(0.5)
 
 
 def test_prepare_verifies(soco_root: Path) -> None:

@@ -43,7 +43,8 @@ calls its MP-100 subsets unseen categories; its README drops exactly the MP-100 
 are SPair-71k classes (cat, cow, dog, horse, sheep bodies; chair). semcorr applies that rule to
 all 100: a category is ``seen`` when it is a SPair-71k class (:data:`SEEN_CATEGORIES`: those six,
 ``human_body`` = person, ``bus``, ``car``, ``suv`` = car, and the eight CUB bird groups = bird),
-else ``unseen``.
+else ``unseen``. The headline ``pck`` is the unseen categories' (``extra["headline_group"]``)
+whenever the pairs include one.
 """
 
 from __future__ import annotations
@@ -197,6 +198,8 @@ class MP100(PairDataset):
             self._pairs = _episode_pairs(_coco(path), episodes, queries, seed, path)
         if category is not None:
             self._pairs = [p for p in self._pairs if p[1].category == category]
+        #: MARCO's figure is the unseen categories': the headline when the pairs hold any.
+        self._headline = any(category_split(p[1].category) == "unseen" for p in self._pairs)
 
     def _image_root(self) -> Path:
         for candidate in (self.root / "images", self.root / "mp100"):
@@ -268,7 +271,9 @@ class MP100(PairDataset):
             flip_permutation=torch.full((k,), -1, dtype=torch.long),  # POMNet: no flip pairs
             pair_id=name,
             extra={"pairs": self.pairs,
-                   "keypoint_groups": {"category_split": [category_split(trg.category)] * k}},
+                   "keypoint_groups": {"category_split": [category_split(trg.category)] * k},
+                   **({"headline_group": ["category_split", "unseen"]} if self._headline
+                      else {})},
             target_visible=trg_vis,
         )
 

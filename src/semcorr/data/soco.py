@@ -22,6 +22,8 @@ pairs, Cross-SOC on cross pairs: ``extra["keypoint_groups"]["correspondence_type
 ``keypoint_kind`` from ``kind`` when every keypoint has one). Concept correspondence (CC, one
 source point to several correct targets) does not fit one target per row: each pair carries its
 groups in ``extra["concept_matches"]`` (source and target points per concept) for a CC scorer.
+The headline ``pck`` is SOC's (``extra["headline_group"]``; Cross-SOC's when only cross pairs
+are loaded); every row's PCK stays in ``pck_all_keypoints``.
 
 Protocol (``scripts/evaluate_dinov2.py``): PCK with ``distance < α · max side of the target box``
 (``[l, t, r, b]``; the larger image side when there is no box), per pair, then per
@@ -104,6 +106,8 @@ class SOCO(PairDataset):
             groups = sorted(p.name for p in folder.iterdir() if p.is_dir())
             for group in groups if category is None else [g for g in groups if g == category]:
                 self._files += [(kind, p) for p in sorted((folder / group).glob("*.json"))]
+        #: SOCO's main figure is SOC (intra pairs); Cross-SOC when only cross pairs are loaded.
+        self._headline = "Cross-SOC" if pairs == "cross" else "SOC"
 
     def __len__(self) -> int:
         return len(self._files)
@@ -150,6 +154,7 @@ class SOCO(PairDataset):
             flip_permutation=torch.full((n,), -1, dtype=torch.long),
             pair_id=f"{kind}/{path.parent.name}/{path.stem}",
             extra={"pair_type": kind, "keypoint_names": names, "keypoint_groups": groups,
+                   "headline_group": ["correspondence_type", self._headline],
                    "concept_matches": _concepts(data)},
         )
 

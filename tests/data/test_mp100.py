@@ -129,6 +129,10 @@ def test_marco_pair_lists(mp100_root: Path) -> None:
     assert sample.target_points[2].tolist() == [70.0, 90.0]
     assert sample.extra["keypoint_groups"]["category_split"] == ["unseen"] * 4
     assert check_mp100(mp100_root) == []
+    for chosen in ({"subsets": "animal_body_unseen"}, {"subset": "animal_body_unseen"}):
+        assert len(create_dataset("mp100", mp100_root, **chosen)) == 1
+    with pytest.raises(InputError, match="pairs_furniture.json: missing annotation file"):
+        create_dataset("mp100", mp100_root, subsets="animal_body_unseen,furniture")
     (mp100_root / "images/zebra_body/002.jpg").unlink()
     assert check_mp100(mp100_root) == ["images/zebra_body/002.jpg"]
     pairs[0]["trg_file"] = "zebra_body/999.jpg"

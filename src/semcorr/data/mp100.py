@@ -162,7 +162,7 @@ class MP100(PairDataset):
         split: ``test`` (MP-100's unseen-category split), or ``val``/``train`` (episodes only).
         pairs: ``marco`` (``pairs/`` lists), ``episodes`` (POMNet), or ``None``: ``marco`` when
             ``ROOT/pairs`` holds a pair list, else ``episodes``.
-        subsets: MARCO subsets to load (default: every list present).
+        subsets: MARCO subsets to load, a list or ``"a,b"`` (default: every list present).
         mp_split: which of MP-100's five category splits (episodes).
         episodes, queries, seed: episode sampling (POMNet's 200, 15, 1 by default).
         category: restrict to one category name.
@@ -220,6 +220,8 @@ class MP100(PairDataset):
                     side = max(float(v) for v in obj.annotation["bbox"][2:4])
                     name = obj.image["file_name"]
                     self._largest_side[name] = max(side, self._largest_side.get(name, 0.0))
+        if isinstance(subsets, str):  # from the command line: "furniture,clothing"
+            subsets = [s.strip() for s in subsets.split(",") if s.strip()]
         wanted = subsets or [s for s in MARCO_SUBSETS
                              if (self.root / "pairs" / f"pairs_{s}.json").is_file()]
         out = []
@@ -305,7 +307,9 @@ def check_mp100(root: Path) -> list[str]:
 @register_dataset("mp100", "mp-100")
 def mp100(*, root: Path, split: str = "test", pairs: str | None = None,
           subsets: Sequence[str] | None = None, mp_split: int = 1, episodes: int = EPISODES,
-          queries: int = QUERIES, seed: int = EPISODE_SEED,
-          category: str | None = None) -> MP100:
-    """MP-100 in its official layout (see :class:`MP100`)."""
-    return MP100(root, split, pairs, subsets, mp_split, episodes, queries, seed, category)
+          queries: int = QUERIES, seed: int = EPISODE_SEED, category: str | None = None,
+          subset: str | None = None) -> MP100:
+    """MP-100 in its official layout (see :class:`MP100`; ``subset``, as ``--subset`` passes it,
+    is one MARCO subset)."""
+    chosen = subsets if subset is None else [subset]
+    return MP100(root, split, pairs, chosen, mp_split, episodes, queries, seed, category)

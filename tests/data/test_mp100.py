@@ -7,25 +7,16 @@ import json
 import random
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+from identity_pairs import SIZE, identity_matcher, write_json, write_texture
 
 from semcorr.data import create_dataset
 from semcorr.data.mp100 import category_split, check_mp100
 from semcorr.errors import InputError
 
-SIZE = 128
 #: Base keypoints (x, y); every image has the same pixels, so matching is the identity.
 BASE = [(30.0, 30.0), (90.0, 30.0), (30.0, 90.0), (90.0, 90.0)]
 CATEGORIES = {1: "cat_body", 2: "zebra_body"}  # seen (a SPair-71k class), unseen
-
-
-def texture(path: Path) -> None:
-    """The same smooth random texture at every path (noise upsampled 8x, bicubic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    noise = np.random.default_rng(0).integers(0, 255, (SIZE // 8, SIZE // 8, 3), dtype=np.uint8)
-    Image.fromarray(noise).resize((SIZE, SIZE), Image.BICUBIC).save(path)
 
 
 def keypoints(category: int, obj: int) -> list[float]:
@@ -45,7 +36,7 @@ def write_mp100(root: Path, objects: int = 4, bbox: list[float] | None = None) -
         for obj in range(objects):
             image_id = cat * 100 + obj
             file_name = f"{name}/{obj:03d}.jpg"
-            texture(root / "images" / file_name)
+            write_texture(root / "images" / file_name, 0)
             images.append({"id": image_id, "file_name": file_name, "width": SIZE,
                            "height": SIZE})
             annotations.append({"id": image_id, "image_id": image_id, "category_id": cat,
@@ -57,9 +48,7 @@ def write_mp100(root: Path, objects: int = 4, bbox: list[float] | None = None) -
     for k in range(1, 6):
         data = ({"images": images, "annotations": annotations, "categories": categories}
                 if k == 1 else {"images": [], "annotations": [], "categories": []})
-        path = root / "annotations" / f"mp100_split{k}_test.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(data))
+        write_json(root / "annotations" / f"mp100_split{k}_test.json", data)
     return root
 
 
@@ -156,11 +145,9 @@ def test_pck_by_hand_through_eval(mp100_root: Path, tmp_path: Path) -> None:
     """Identical images, so the prediction is the source point. cat_body (seen): every target
     point is the source point: PCK 1. zebra_body (unseen): points 2 and 3 of two objects lie
     >= 20 px apart, beyond 0.15 x 100 px: PCK 2/4 per pair. 6 pairs each: overall 0.75."""
-    from semcorr import Matcher, create_backbone
     from semcorr.eval.benchmark import compute_metrics, evaluate
 
-    backbone = create_backbone("dense-sift", image_size=SIZE, stride=4, bin_sizes=(4, 8, 16))
-    matcher = Matcher(backbone, refine="window", window=3, temperature=0.02)
+    matcher = identity_matcher()
     ds = episodes(mp100_root)
     results = evaluate(matcher, ds, tmp_path, progress=False, plot=False,
                        protocol="generalisation")

@@ -7,26 +7,17 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+from identity_pairs import SIZE, identity_matcher, write_json, write_texture
 
 from semcorr.data import create_dataset
 from semcorr.data.soco import check_soco
 from semcorr.errors import InputError
 
-SIZE = 128
 BASE = {"front_left_wheel": (30.0, 90.0), "front_right_wheel": (90.0, 90.0),
         "left_mirror": (30.0, 30.0), "right_mirror": (90.0, 30.0)}
 CONCEPT = {"front_left_wheel": "wheel", "front_right_wheel": "wheel",
            "left_mirror": "mirror", "right_mirror": "mirror"}
-
-
-def texture(path: Path) -> None:
-    """The same smooth random texture at every path (noise upsampled 8x, bicubic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    noise = np.random.default_rng(1).integers(0, 255, (SIZE // 8, SIZE // 8, 3), dtype=np.uint8)
-    Image.fromarray(noise).resize((SIZE, SIZE), Image.BICUBIC).save(path)
 
 
 def points(moved: float = 0.0) -> list[dict]:
@@ -57,7 +48,7 @@ def write_soco(root: Path) -> Path:
     """Two intra ``car`` pairs (points unchanged) and one cross ``car`` pair from a bus whose
     mirrors sit 40 px further right in the target."""
     for category, name in (("car", "car_1.JPEG"), ("car", "car_2.JPEG"), ("bus", "bus_1.JPEG")):
-        texture(root / "Images" / category / name)
+        write_texture(root / "Images" / category / name, 1)
     files = {
         "intra/car/00001.json": pair(("car", "car_1.JPEG"), ("car", "car_2.JPEG"), "car"),
         "intra/car/00002.json": pair(("car", "car_2.JPEG"), ("car", "car_1.JPEG"), "car"),
@@ -65,9 +56,7 @@ def write_soco(root: Path) -> Path:
                                      moved=40.0),
     }
     for relative, data in files.items():
-        path = root / "PairAnnotations" / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(data))
+        write_json(root / "PairAnnotations" / relative, data)
     return root
 
 
@@ -118,11 +107,9 @@ def test_pck_by_hand_through_eval(soco_root: Path, tmp_path: Path) -> None:
     """Identical images: the prediction is the source point. Intra pairs: PCK 1. The cross
     pair: the mirrors moved 40 px > 0.15 x 100 px: PCK 2/4. Mean over pairs 2.5 / 3; SOCO's
     own average (per pair group, then over groups) 0.75."""
-    from semcorr import Matcher, create_backbone
     from semcorr.eval.benchmark import evaluate
 
-    backbone = create_backbone("dense-sift", image_size=SIZE, stride=4, bin_sizes=(4, 8, 16))
-    matcher = Matcher(backbone, refine="window", window=3, temperature=0.02)
+    matcher = identity_matcher()
     results = evaluate(matcher, create_dataset("soco", soco_root), tmp_path, progress=False,
                        plot=False, protocol="generalisation")
     assert results["pairs"] == 3 and results["skipped"] == 0

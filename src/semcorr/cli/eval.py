@@ -161,15 +161,66 @@ def _run_hpatches(args: argparse.Namespace) -> int:
     return 0
 
 
+def _matcher(args: argparse.Namespace) -> Any:
+    """The :class:`~semcorr.pipeline.Matcher` the options describe."""
+    from semcorr.pipeline import Matcher
+
+    if args.head in _LEARNED_HEADS and args.head_weights is None:
+        raise InputError(f"--head {args.head} needs its weights: --head-weights FILE (e.g. "
+                         "GeoAware-SC's best_856.PTH)")
+    backbone = backbone_from_args(args)
+    return Matcher(backbone, refine=refiner_from_args(args, backbone),
+                   pose_align=args.pose_align, prior=args.prior,
+                   pose_distance=args.pose_distance)
+
+
+#: Settings of a suite run that do not change its numbers (left out of ``suite.json``).
+_SUITE_VOLATILE = {"quiet", "overwrite", "out", "roots", "data_dir", "print_config"}
+
+
+def _run_suite(args: argparse.Namespace, settings: dict[str, Any]) -> int:
+    """``--suite NAME``: every benchmark of the suite whose data is present (see
+    :mod:`semcorr.eval.suite`)."""
+    from semcorr.eval.suite import run_suite
+
+    clashes = [flag for dest, flag in (("dataset", "--dataset"), ("root", "--root"),
+                                       ("protocol", "--protocol"), ("thresholds", "--thresholds"),
+                                       ("category", "--category"), ("subset", "--subset"),
+                                       ("dataset_option", "--dataset-option"))
+               if settings.get(dest)]
+    if clashes:
+        raise InputError(f"--suite runs each benchmark with its own dataset, protocol and "
+                         f"thresholds: drop {', '.join(clashes)} (use --roots or --data-dir)")
+    if args.print_config:
+        return _print_config(args, settings)
+    if args.head in _LEARNED_HEADS and args.head_weights is None:
+        _matcher(args)  # refuses before any benchmark is looked at
+    if args.limit is not None and args.limit < 1:
+        raise InputError("--limit must be at least 1")
+    roots = parse_key_values(args.roots.split(",") if args.roots else None, "--roots")
+    out = args.out or f"semcorr-suite-{args.suite}"
+    check_output_dir(out)
+    report = run_suite(args.suite, lambda: _matcher(args), out,
+                       roots={k: str(v) for k, v in roots.items()}, data_dir=args.data_dir,
+                       settings={k: v for k, v in settings.items()
+                                 if k not in _SUITE_VOLATILE},
+                       limit=args.limit, overwrite=args.overwrite, progress=not args.quiet)
+    print(open(f"{out}/suite.md", encoding="utf-8").read(), end="")
+    print(f"wrote {out}/suite.md, suite.csv, suite.png ({len(report['results'])} benchmark(s), "
+          f"{len(report['skipped'])} skipped)")
+    return 0
+
+
 def _run(args: argparse.Namespace, defaults: dict[str, Any]) -> int:
     from semcorr.data import create_dataset
     from semcorr.eval.benchmark import evaluate
     from semcorr.eval.report import markdown_table
-    from semcorr.pipeline import Matcher
 
     settings = resolve_settings(args, defaults)
     if args.dataset in LOCAL_FEATURE_DATASETS:
         return _run_hpatches(args)
+    if args.suite is not None:
+        return _run_suite(args, settings)
     _resolve_protocol(settings)
     args.protocol, args.thresholds = settings["protocol"], settings["thresholds"]
     if args.print_config:
@@ -178,8 +229,7 @@ def _run(args: argparse.Namespace, defaults: dict[str, Any]) -> int:
         if getattr(args, dest) is None:
             raise InputError(f"{flag} is required (or a --preset that sets it)")
     if args.head in _LEARNED_HEADS and args.head_weights is None:
-        raise InputError(f"--head {args.head} needs its weights: --head-weights FILE (e.g. "
-                         "GeoAware-SC's best_856.PTH)")
+        _matcher(args)  # refuses before the dataset is read
     thresholds = parse_thresholds(args.thresholds) if args.thresholds else None
     if args.limit is not None and args.limit < 1:
         raise InputError("--limit must be at least 1")
@@ -193,12 +243,8 @@ def _run(args: argparse.Namespace, defaults: dict[str, Any]) -> int:
     out = args.out or f"semcorr-eval-{args.dataset}-{args.split}"
     check_output_dir(out)
     dataset = create_dataset(args.dataset, args.root, split=args.split, **options)
-    backbone = backbone_from_args(args)
-    matcher = Matcher(backbone, refine=refiner_from_args(args, backbone),
-                      pose_align=args.pose_align, prior=args.prior,
-                      pose_distance=args.pose_distance)
     results = evaluate(
-        matcher,
+        _matcher(args),
         dataset,
         out,
         thresholds=thresholds,
@@ -251,6 +297,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "given on the command line override it")
     parser.add_argument("--print-config", action="store_true",
                         help="print every setting (defaults < preset < options) and exit")
+    from semcorr.eval.suite import list_suites
+
+    parser.add_argument("--suite", default=None, choices=list_suites(),
+                        help="run every benchmark of a suite whose data is present (skipping "
+                        "the others with a line saying how to get them) and write one table: "
+                        "generalisation = SPair-U, MP-100, SOCO; resumes after a kill")
+    parser.add_argument("--roots", default=None, metavar="KEY=DIR,...",
+                        help="--suite: benchmark folders, e.g. spair=DIR (the SPair-71k "
+                        "folder, for SPair-U),mp100=DIR,soco=DIR")
+    parser.add_argument("--data-dir", default=None, metavar="DIR",
+                        help="--suite: a folder holding the benchmarks under their official "
+                        "names (SPair-71k, mp100, SOCO)")
     parser.add_argument("--split", default="test", help="split (default: test)")
     parser.add_argument("--category", default=None, help="evaluate one category only")
     parser.add_argument(

@@ -178,3 +178,24 @@ def test_prepare_verifies_and_says_what_to_fetch(mp100_root: Path, tmp_path: Pat
     report = prepare("mp100", tmp_path / "empty", fetch=False, progress=False)
     assert not report["complete"] and "Google Drive" in report["manual"]
     assert report["checksums"] == {"mp100_pairs.zip": "unknown: no checksum is published"}
+
+
+def test_marco_rows_pair_visible_points_by_position(mp100_root: Path) -> None:
+    """MARCO's rows: the visible points of each image in order, paired by position. With point
+    1 hidden in the source, ids pair (0, 2, 3) with (0, 2, 3); MARCO pairs them with (0, 1, 2)."""
+    path = mp100_root / "annotations/mp100_split1_test.json"
+    data = json.loads(path.read_text())
+    data["annotations"][4]["keypoints"][5] = 0  # zebra_body object 0: point 1 not labelled
+    path.write_text(json.dumps(data))
+    pairs = [{"src_file": "zebra_body/000.jpg", "trg_file": "zebra_body/002.jpg",
+              "category_id": 2}]
+    write_json(mp100_root / "pairs/pairs_animal_body_unseen.json", pairs)
+    by_id = create_dataset("mp100", mp100_root)[0]
+    assert by_id.visible.tolist() == [True, False, True, True]
+    marco = create_dataset("mp100", mp100_root, rows="marco")[0]
+    assert marco.source_points.tolist() == [[30.0, 30.0], [30.0, 90.0], [90.0, 30.0]]
+    assert marco.target_points.tolist() == [[30.0, 30.0], [90.0, 30.0], [70.0, 90.0]]
+    assert marco.visible.tolist() == [True] * 3 and marco.extra["rows"] == "marco"
+    assert marco.extra["keypoint_groups"]["category_split"] == ["unseen"] * 3
+    with pytest.raises(InputError, match="rows must be"):
+        create_dataset("mp100", mp100_root, pairs="episodes", rows="marco")

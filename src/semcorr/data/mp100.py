@@ -34,7 +34,8 @@ Two ways of forming pairs (``pairs=``):
 Keypoint rows are the category's K keypoint ids; a keypoint counts when ``v > 0`` in both
 images (POMNet l. 103-107). MARCO's loader instead lists each image's visible points in order
 and pairs the first ``min(n_src, n_trg)`` by position (``datasets/mp100.py`` l. 93-129): the
-same rows whenever both images show the same keypoints; semcorr pairs them by id always. MARCO
+same rows whenever both images show the same keypoints; semcorr pairs them by id unless
+``rows="marco"`` asks for MARCO's rows. MARCO
 measures PCK in images stretched to 770 x 770 (``configs/dataset/mp-100.yaml``) with
 ``<=`` (``util/evaluator.py``); semcorr measures in the original image (``--protocol``).
 
@@ -166,6 +167,9 @@ class MP100(PairDataset):
         mp_split: which of MP-100's five category splits (episodes).
         episodes, queries, seed: episode sampling (POMNet's 200, 15, 1 by default).
         category: restrict to one category name.
+        rows: ``ids`` (one row per keypoint id, visible in both images) or, with MARCO's
+            pairs, ``marco``: MARCO's own rows, each image's visible points (over all its
+            annotations) in order, the first ``min(n_src, n_trg)`` paired by position.
     """
 
     name = "mp100"
@@ -174,7 +178,7 @@ class MP100(PairDataset):
     def __init__(self, root: Path, split: str = "test", pairs: str | None = None,
                  subsets: Sequence[str] | None = None, mp_split: int = 1,
                  episodes: int = EPISODES, queries: int = QUERIES, seed: int = EPISODE_SEED,
-                 category: str | None = None) -> None:
+                 category: str | None = None, rows: str = "ids") -> None:
         self.root = require_dir(Path(root), "MP-100 folder")
         self.split = split
         annotations = require_dir(self.root / "annotations", "MP-100 annotations folder")
@@ -182,9 +186,13 @@ class MP100(PairDataset):
             pairs = "marco" if list((self.root / "pairs").glob("pairs_*.json")) else "episodes"
         if pairs not in ("marco", "episodes"):
             raise InputError(f"mp100 pairs must be 'marco' or 'episodes', not {pairs!r}")
-        self.pairs = pairs
+        if rows not in ("ids", "marco") or (rows == "marco" and pairs != "marco"):
+            raise InputError(f"mp100 rows must be 'ids', or 'marco' with MARCO's pairs, not "
+                             f"{rows!r} with pairs {pairs!r}")
+        self.pairs, self.rows = pairs, rows
         self._images = self._image_root()
         self._largest_side: dict[str, float] = {}
+        self._visible_points: dict[str, list[list[float]]] = {}
         if pairs == "marco":
             if split != "test":
                 raise InputError("mp100: MARCO's pair lists are test pairs (split 'test')")
@@ -217,9 +225,7 @@ class MP100(PairDataset):
             for obj in _objects(_coco(path)):
                 index.setdefault((obj.image["file_name"], obj.annotation["category_id"]), obj)
                 if obj.annotation.get("keypoints") and obj.annotation.get("num_keypoints", 0):
-                    side = max(float(v) for v in obj.annotation["bbox"][2:4])
-                    name = obj.image["file_name"]
-                    self._largest_side[name] = max(side, self._largest_side.get(name, 0.0))
+                    self._add_marco_record(obj)
         if isinstance(subsets, str):  # from the command line: "furniture,clothing"
             subsets = [s.strip() for s in subsets.split(",") if s.strip()]
         wanted = subsets or [s for s in MARCO_SUBSETS
@@ -237,6 +243,16 @@ class MP100(PairDataset):
                 out.append((src, trg, f"{subset}/{i:05d}"))
         return out
 
+    def _add_marco_record(self, obj: _Object) -> None:
+        """MARCO's per-image record (``datasets/mp100.py`` l. 36-52, 93-110): the largest box side
+        and the visible points of every annotation, in order."""
+        name, ann = obj.image["file_name"], obj.annotation
+        side = max(float(v) for v in ann["bbox"][2:4])
+        self._largest_side[name] = max(side, self._largest_side.get(name, 0.0))
+        triples = torch.tensor(ann["keypoints"], dtype=torch.float32).reshape(-1, 3)
+        visible = triples[triples[:, 2] > 0, :2].tolist()
+        self._visible_points.setdefault(name, []).extend(visible)
+
     def __len__(self) -> int:
         return len(self._pairs)
 
@@ -249,13 +265,24 @@ class MP100(PairDataset):
             return max(box[2], box[3]) if box else float("nan")
         return self._largest_side.get(target.image["file_name"], float("nan"))
 
-    def sample(self, index: int) -> PairSample:
-        src, trg, name = self._pairs[index]
+    def _rows(self, src: _Object, trg: _Object, name: str) -> tuple[torch.Tensor, ...]:
+        """Source and target points ``(N, 2)`` and their masks ``(N,)`` (see ``rows``)."""
+        if self.rows == "marco":
+            points = [torch.tensor(self._visible_points.get(o.image["file_name"], []),
+                                   dtype=torch.float32).reshape(-1, 2) for o in (src, trg)]
+            n = min(len(points[0]), len(points[1]))
+            shown = torch.ones(n, dtype=torch.bool)
+            return points[0][:n], points[1][:n], shown, shown
         where = self.root / "annotations"
         src_pts, src_vis = keypoints_from_coco(src.annotation["keypoints"], where)
         trg_pts, trg_vis = keypoints_from_coco(trg.annotation["keypoints"], where)
         if src_pts.shape != trg_pts.shape:
             raise InputError(f"{name}: source and target have different keypoint counts")
+        return src_pts, trg_pts, src_vis, trg_vis
+
+    def sample(self, index: int) -> PairSample:
+        src, trg, name = self._pairs[index]
+        src_pts, trg_pts, src_vis, trg_vis = self._rows(src, trg, name)
         k = src_pts.shape[0]
         return PairSample(
             source_path=self._images / src.image["file_name"],
@@ -272,7 +299,7 @@ class MP100(PairDataset):
             keypoint_ids=torch.arange(k),
             flip_permutation=torch.full((k,), -1, dtype=torch.long),  # POMNet: no flip pairs
             pair_id=name,
-            extra={"pairs": self.pairs,
+            extra={"pairs": self.pairs, "rows": self.rows,
                    "keypoint_groups": {"category_split": [category_split(trg.category)] * k},
                    **({"headline_group": ["category_split", "unseen"]} if self._headline
                       else {})},
@@ -308,8 +335,8 @@ def check_mp100(root: Path) -> list[str]:
 def mp100(*, root: Path, split: str = "test", pairs: str | None = None,
           subsets: Sequence[str] | None = None, mp_split: int = 1, episodes: int = EPISODES,
           queries: int = QUERIES, seed: int = EPISODE_SEED, category: str | None = None,
-          subset: str | None = None) -> MP100:
+          subset: str | None = None, rows: str = "ids") -> MP100:
     """MP-100 in its official layout (see :class:`MP100`; ``subset``, as ``--subset`` passes it,
     is one MARCO subset)."""
     chosen = subsets if subset is None else [subset]
-    return MP100(root, split, pairs, chosen, mp_split, episodes, queries, seed, category)
+    return MP100(root, split, pairs, chosen, mp_split, episodes, queries, seed, category, rows)

@@ -4,8 +4,10 @@ from semcorr.data import (  # noqa: F401
     ap10k,
     cub,
     keypoints_json,
+    mp100,
     pfpascal,
     pfwillow,
+    soco,
     spair,
     spair_u,
 )

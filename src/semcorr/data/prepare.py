@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from semcorr.data.download import DownloadError, download, extract_archive
+from semcorr.data.mp100 import check_mp100
 from semcorr.data.r2d2_training import check_r2d2_training
+from semcorr.data.soco import check_soco
 from semcorr.errors import InputError, SemcorrError
 
 __all__ = [
@@ -302,6 +304,32 @@ DATASET_SPECS: dict[str, DatasetSpec] = {
             "unpack it into ROOT/aachen/ (giving ROOT/aachen/images_upright/db/*.jpg).",
         ),
         DatasetSpec(
+            "mp100",
+            "MP-100 (Xu et al., 2022) with MARCO's pair lists (Cuttano et al., 2026)",
+            (RemoteFile("https://github.com/visinf/visinf.github.io/raw/main/MARCO/annotations/"
+                        "mp100_pairs.zip", "mp100_pairs.zip", None, into="pairs",
+                        note="no checksum is published", present="pairs"),),
+            check_mp100,
+            manual="The MP-100 annotation files are shared on Google Drive only (folder "
+            "1pzC5uEgi4AW9RO9_T1J-0xSKF12mdj1_, see github.com/luminxu/Pose-for-Everything "
+            "mp100/README.md): put mp100_split{1..5}_{train,val,test}.json in ROOT/annotations/. "
+            "The images come from 14 source datasets under their own terms: put them under "
+            "ROOT/images/<category>/ (or ROOT/mp100/<category>/, MARCO's layout) as that README "
+            "and MARCO's docs/data.md describe.",
+        ),
+        DatasetSpec(
+            "soco",
+            "SOCO (Duenkel et al., 2026), CC BY 4.0",
+            tuple(
+                RemoteFile(f"https://huggingface.co/datasets/GenIntelLab/SOCO/resolve/main/"
+                           f"{name}.zip", f"{name}.zip", None, strip_top=False, present=name,
+                           note="no checksum is published (the Hugging Face page lists each "
+                           "file's LFS sha256)")
+                for name in ("Images", "PairAnnotations", "KeypointAnnotations")
+            ),
+            check_soco,
+        ),
+        DatasetSpec(
             "cub",
             "CUB-200-2011 (Wah et al., 2011)",
             (RemoteFile("https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz",
@@ -490,5 +518,5 @@ def prepare(
     return report
 
 
-__all__ += ["DownloadError", "check_ap10k", "check_cub", "check_pf_pascal", "check_pf_willow",
-            "check_spair", "check_spair_u"]
+__all__ += ["DownloadError", "check_ap10k", "check_cub", "check_mp100", "check_pf_pascal",
+            "check_pf_willow", "check_soco", "check_spair", "check_spair_u"]

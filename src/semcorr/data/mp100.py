@@ -60,6 +60,8 @@ import torch
 
 from semcorr.data.ap10k import keypoints_from_coco
 from semcorr.data.base import (
+    GROUPS_KEY,
+    HEADLINE_KEY,
     PairDataset,
     PairSample,
     read_json,
@@ -300,8 +302,8 @@ class MP100(PairDataset):
             flip_permutation=torch.full((k,), -1, dtype=torch.long),  # POMNet: no flip pairs
             pair_id=name,
             extra={"pairs": self.pairs, "rows": self.rows,
-                   "keypoint_groups": {"category_split": [category_split(trg.category)] * k},
-                   **({"headline_group": ["category_split", "unseen"]} if self._headline
+                   GROUPS_KEY: {"category_split": [category_split(trg.category)] * k},
+                   **({HEADLINE_KEY: ["category_split", "unseen"]} if self._headline
                       else {})},
             target_visible=trg_vis,
         )

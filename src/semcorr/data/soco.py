@@ -39,6 +39,8 @@ from typing import Any
 import torch
 
 from semcorr.data.base import (
+    GROUPS_KEY,
+    HEADLINE_KEY,
     PairDataset,
     PairSample,
     read_json,
@@ -153,8 +155,8 @@ class SOCO(PairDataset):
             keypoint_ids=torch.tensor([int(r["id"]) for r in src_records], dtype=torch.long),
             flip_permutation=torch.full((n,), -1, dtype=torch.long),
             pair_id=f"{kind}/{path.parent.name}/{path.stem}",
-            extra={"pair_type": kind, "keypoint_names": names, "keypoint_groups": groups,
-                   "headline_group": ["correspondence_type", self._headline],
+            extra={"pair_type": kind, "keypoint_names": names, GROUPS_KEY: groups,
+                   HEADLINE_KEY: ["correspondence_type", self._headline],
                    "concept_matches": _concepts(data)},
         )
 

@@ -72,12 +72,19 @@ def test_pairs_and_rows(soco_root: Path) -> None:
     assert intra.category == "car" and cross.category == "cross:car"
     assert cross.source_path == soco_root / "Images/bus/bus_1.JPEG"
     assert cross.target_points[2].tolist() == [70.0, 30.0]
-    assert cross.keypoint_ids.tolist() == [0, 1, 2, 3] and cross.visible.all()
+    # four SOC rows, then one CC row per source wheel (each may land on either target wheel)
+    assert cross.keypoint_ids.tolist() == [0, 1, 2, 3, 0, 1] and cross.visible.all()
+    assert cross.source_points[4:].tolist() == [[30.0, 90.0], [90.0, 90.0]]
+    assert cross.target_points[4:].tolist() == [[30.0, 90.0], [30.0, 90.0]]
+    assert cross.extra["target_alternatives"][3:] == [
+        [[130.0, 30.0]], [[30.0, 90.0], [90.0, 90.0]], [[30.0, 90.0], [90.0, 90.0]]]
     assert cross.pck_reference == 100.0
     assert intra.extra["keypoint_groups"] == {
-        "correspondence_type": ["SOC"] * 4,
-        "keypoint_kind": ["structural", "structural", "functional", "functional"]}
-    assert cross.extra["keypoint_groups"]["correspondence_type"] == ["Cross-SOC"] * 4
+        "correspondence_type": ["SOC"] * 4 + ["CC"] * 2,
+        "keypoint_kind": ["structural", "structural", "functional", "functional",
+                          "structural", "structural"]}
+    assert cross.extra["keypoint_groups"]["correspondence_type"] == ["Cross-SOC"] * 4 + [
+        "Cross-CC"] * 2
     assert cross.extra["concept_matches"] == [
         {"concept": "wheel", "source": [[30.0, 90.0], [90.0, 90.0]],
          "target": [[30.0, 90.0], [90.0, 90.0]]}]
@@ -105,8 +112,9 @@ def test_bad_input_is_named(soco_root: Path) -> None:
 
 def test_pck_by_hand_through_eval(soco_root: Path, tmp_path: Path) -> None:
     """Identical images: the prediction is the source point. Intra pairs: PCK 1. The cross
-    pair: the mirrors moved 40 px > 0.15 x 100 px: PCK 2/4. Mean over pairs 2.5 / 3; SOCO's
-    own average (per pair group, then over groups) 0.75."""
+    pair: the mirrors moved 40 px > 0.15 x 100 px: SOC 2/4, its two CC wheels right, so 4/6
+    over its rows. Mean over pairs (2 + 4/6) / 3; SOCO's own average (per pair group, then
+    over groups) (1 + 4/6) / 2."""
     from semcorr.eval.benchmark import evaluate
 
     matcher = identity_matcher()
@@ -116,10 +124,11 @@ def test_pck_by_hand_through_eval(soco_root: Path, tmp_path: Path) -> None:
     assert results["headline"].startswith("correspondence_type=SOC")
     types, kinds = results["groups"]["correspondence_type"], results["groups"]["keypoint_kind"]
     assert {k: (v["pairs"], v["keypoints"]) for k, v in types.items()} == {
-        "Cross-SOC": (1, 4), "SOC": (2, 8)}
+        "CC": (2, 4), "Cross-CC": (1, 2), "Cross-SOC": (1, 4), "SOC": (2, 8)}
     for a in ("0.05", "0.10", "0.15"):
-        assert results["pck_all_keypoints"][a]["per_image"] == pytest.approx(2.5 / 3)
-        assert results["pck_all_keypoints"][a]["per_keypoint"] == pytest.approx(10 / 12)
+        assert results["pck_all_keypoints"][a]["per_image"] == pytest.approx((2 + 4 / 6) / 3)
+        assert results["pck_all_keypoints"][a]["per_keypoint"] == pytest.approx(16 / 18)
+        assert types["CC"][a]["per_image"] == types["Cross-CC"][a]["per_image"] == 1.0
         assert results["pck"][a]["per_image"] == pytest.approx(1.0)  # the headline: SOC
         assert types["SOC"][a]["per_image"] == pytest.approx(1.0)
         assert types["Cross-SOC"][a]["per_image"] == pytest.approx(0.5)
@@ -128,7 +137,44 @@ def test_pck_by_hand_through_eval(soco_root: Path, tmp_path: Path) -> None:
         assert kinds["functional"][a]["per_keypoint"] == pytest.approx(4 / 6)
         categories = results["per_category"]
         assert categories["car"][a]["per_image"] == pytest.approx(1.0)
-        assert categories["cross:car"][a]["per_image"] == pytest.approx(0.5)
+        assert categories["cross:car"][a]["per_image"] == pytest.approx(4 / 6)
+
+
+def test_concept_correspondence_by_hand(soco_root: Path, tmp_path: Path) -> None:
+    """CC under ``--protocol soco``: a source point is right when it is within reach of ANY of
+    its targets, merged over the concept groups naming it. In the first intra pair the target's
+    left mirror moves 8 px right (30 -> 38); the groups say: left mirror -> {right mirror, left
+    mirror} and left mirror -> {right mirror} (merged: both), right mirror -> {left mirror}.
+    Identity predictions: wheels right (0 px); left mirror 8 px from its nearest target (right
+    at 0.10 and 0.15 = 10 and 15 px, wrong at 0.05 = 5 px); right mirror 52 px away, wrong.
+    CC of that pair: 2/4 at 0.05, 3/4 at 0.10 and 0.15; the second intra pair 1 (wheels only).
+    SOC of the first pair: 3/4 at 0.05, 1 above. Per category then over categories."""
+    from semcorr.eval.benchmark import evaluate
+
+    path = soco_root / "PairAnnotations/intra/car/00001.json"
+    data = json.loads(path.read_text())
+    data["trg_keypoints"][2]["pos"] = [38.0, 30.0]
+    data["concept_matches"] += [
+        {"concept_name": "mirror", "src_keypoints": ["left_mirror"],
+         "trg_keypoints": ["right_mirror", "left_mirror"]},
+        {"concept_name": "mirror-2", "src_keypoints": ["left_mirror"],
+         "trg_keypoints": ["right_mirror"]},
+        {"concept_name": "mirror-3", "src_keypoints": ["right_mirror"],
+         "trg_keypoints": ["left_mirror"]}]
+    path.write_text(json.dumps(data))
+    results = evaluate(identity_matcher(), create_dataset("soco", soco_root, pairs="intra"),
+                       tmp_path, progress=False, plot=False, protocol="soco")
+    types = results["groups"]["correspondence_type"]
+    assert {k: (v["pairs"], v["keypoints"]) for k, v in types.items()} == {
+        "CC": (2, 6), "SOC": (2, 8)}
+    # α: (CC per image, CC per keypoint, SOC per image = the headline)
+    expected = {"0.05": ((2 / 4 + 1) / 2, 4 / 6, (3 / 4 + 1) / 2),
+                "0.10": ((3 / 4 + 1) / 2, 5 / 6, 1.0), "0.15": ((3 / 4 + 1) / 2, 5 / 6, 1.0)}
+    for a, (cc_image, cc_keypoint, soc) in expected.items():
+        assert types["CC"][a]["per_image"] == pytest.approx(cc_image)
+        assert types["CC"][a]["per_keypoint"] == pytest.approx(cc_keypoint)
+        assert results["pck"][a]["per_image"] == types["SOC"][a]["per_image"]
+        assert types["SOC"][a]["per_image"] == pytest.approx(soc)
 
 
 def test_prepare_verifies(soco_root: Path) -> None:

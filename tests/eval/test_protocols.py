@@ -19,6 +19,7 @@ from semcorr.eval.protocols import (
     default_protocol,
     get_protocol,
     list_protocols,
+    padded_points,
 )
 from semcorr.geometry import ResizePad, Stretch
 
@@ -45,7 +46,8 @@ class _Named(PairDataset):
 
 def test_registry_and_dataset_defaults() -> None:
     assert list_protocols() == ["foundation-finetune", "generalisation", "geoaware", "marco",
-                                "pf", "sd4match", "spair-u"]
+                                "pf", "sd4match", "soco", "spair-u"]
+    assert default_protocol("soco") == "soco" and default_protocol("mp100") == "marco"
     assert [default_protocol(d) for d in ("spair", "spair-71k", "ap10k", "cub", "pf-pascal",
                                           "pf-willow")] == ["geoaware"] * 4 + ["pf"] * 2
     with pytest.raises(UnknownNameError, match="unknown PCK protocol 'nope'"):
@@ -178,8 +180,26 @@ def test_compute_metrics_applies_the_protocol(tmp_path: Path) -> None:
                for name in list_protocols()}
     assert {n: r["pck"]["0.05"]["per_image"] for n, r in numbers.items()} == {
         "foundation-finetune": 1.0, "geoaware": 0.0, "pf": 0.0, "sd4match": 1.0,
-        "generalisation": 0.0, "spair-u": 0.0, "marco": 1.0}
+        "generalisation": 0.0, "spair-u": 0.0, "marco": 1.0, "soco": 0.0}
     stats = numbers["foundation-finetune"]["statistics"]
     assert stats["by_difficulty"]["viewpoint_variation"]["2"]["per_keypoint"]["0.05"][
         "mean"] == 1.0
     assert "statistics" not in numbers["geoaware"]
+
+
+def test_soco_whole_pixels_strict_and_any_target_by_hand(tmp_path: Path) -> None:
+    """``soco``: ground truth truncated, scaled to 798 and truncated again (57.9 -> 57 ->
+    57 * 798 / 200 = 227.43 -> 227; 10.2 -> 10 -> 39.9 -> 39), in units of the square; strict
+    ``<``; a row with several targets is right when any of them is within reach."""
+    assert padded_points(torch.tensor([[57.9, 10.2]]), (200, 100), 798).tolist() == [
+        [torch.tensor(227 / 798, dtype=torch.float32).item(),
+         torch.tensor(39 / 798, dtype=torch.float32).item()]]
+    record = {"pair_id": "p", "category": "car", "reference": 1.25, "geo_aware": [False] * 2,
+              "pred": [[0.5, 0.625], [0.5, 0.625]], "gt": [[0.5, 0.5], [0.0, 0.0]],
+              "gt_any": [[[0.5, 0.5]], [[0.0, 0.0], [0.5, 0.5625]]]}
+    path = tmp_path / "predictions.jsonl"
+    path.write_text(json.dumps(record) + "\n")
+    pck = compute_metrics(path, None, [0.05, 0.1, 0.15], protocol=get_protocol("soco"))["pck"]
+    # row 1: 0.125 from its target, = 0.1 * 1.25 (out), < 0.15 * 1.25; row 2: 0.0625 from its
+    # second target: in at 0.1 (< 0.125) and 0.15, out at 0.05 (not < 0.0625)
+    assert [pck[a]["per_keypoint"] for a in ("0.05", "0.10", "0.15")] == [0.0, 0.5, 1.0]

@@ -21,11 +21,13 @@ from semcorr.errors import InputError
 from semcorr.registry import Registry
 
 __all__ = [
+    "ALTERNATIVES_KEY",
     "GROUPS_KEY",
     "HEADLINE_KEY",
     "DATASETS",
     "OUTSIDE_TOLERANCE",
     "BadPair",
+    "alternatives_problem",
     "PairDataset",
     "PairSample",
     "annotation_problem",
@@ -117,6 +119,20 @@ class PairSample:
 GROUPS_KEY = "keypoint_groups"
 #: ``PairSample.extra`` key of the headline group ``(breakdown, label)``.
 HEADLINE_KEY = "headline_group"
+#: ``PairSample.extra`` key of every correct target of each row: ``[[[x, y], ...], ...]``, one
+#: non-empty list per keypoint row (original target pixels; SOCO's concept matches). A row is
+#: then correct when it is within reach of any of them.
+ALTERNATIVES_KEY = "target_alternatives"
+
+
+def alternatives_problem(value: Any, rows: int) -> str | None:
+    """Why ``value`` is not one non-empty list of ``[x, y]`` per row (``None`` when it is)."""
+    if not isinstance(value, (list, tuple)) or len(value) != rows:
+        return f"{ALTERNATIVES_KEY!r} must hold one list of targets per keypoint ({rows})"
+    if not all(isinstance(row, (list, tuple)) and row and all(
+            isinstance(p, (list, tuple)) and len(p) == 2 for p in row) for row in value):
+        return f"{ALTERNATIVES_KEY!r}: every keypoint needs a non-empty list of [x, y] targets"
+    return None
 
 OUTSIDE_TOLERANCE = 1.0
 

@@ -17,18 +17,22 @@ One pair file: ``pair_id``, ``pair_group``, ``src_category``/``trg_category`` (o
 ``concept_matches`` (``concept_name``, ``src_keypoints``, ``trg_keypoints``: every target name
 of the group is a correct match of every source name).
 
-Rows: one per ``semantic_overlap`` name, source and target point of that name (SOC on intra
-pairs, Cross-SOC on cross pairs: ``extra["keypoint_groups"]["correspondence_type"]``, and
-``keypoint_kind`` from ``kind`` when every keypoint has one). Concept correspondence (CC, one
-source point to several correct targets) does not fit one target per row: each pair carries its
-groups in ``extra["concept_matches"]`` (source and target points per concept) for a CC scorer.
-The headline ``pck`` is SOC's (``extra["headline_group"]``; Cross-SOC's when only cross pairs
-are loaded); every row's PCK stays in ``pck_all_keypoints``.
+Rows: first one per ``semantic_overlap`` name, source and target point of that name (SOC on
+intra pairs, Cross-SOC on cross pairs: ``extra["keypoint_groups"]["correspondence_type"]``, and
+``keypoint_kind`` from ``kind`` when every keypoint has one). Then one row per source point of
+the concept correspondences (CC on intra pairs, Cross-CC on cross pairs), as the official
+script scores them (``_pck``): a source point's correct targets are every target of every
+``concept_matches`` group that lists it (merged over groups), in the order of
+``trg_keypoints``; ``extra["target_alternatives"]`` holds each row's correct targets (one for
+SOC rows), ``target_points`` the first. A row is correct when it is within reach of any of them.
+Each pair also carries its groups in ``extra["concept_matches"]``. The headline ``pck`` is SOC's
+(``extra["headline_group"]``; Cross-SOC's when only cross pairs are loaded); every row's PCK
+(SOC and CC) is pooled in ``pck_all_keypoints``.
 
-Protocol (``scripts/evaluate_dinov2.py``): PCK with ``distance < α · max side of the target box``
-(``[l, t, r, b]``; the larger image side when there is no box), per pair, then per
-``pair_group``, then over groups. The script truncates coordinates to integers after padding
-to a square and resizing; semcorr measures in the original pixels.
+Protocol: ``--protocol soco`` (:mod:`semcorr.eval.protocols`, the default) is
+``scripts/evaluate_dinov2.py``'s: whole-pixel ground truth in the padded square, ``distance <
+α · max side of the target box`` (``[l, t, r, b]``; the larger image side when there is no box),
+per pair, then per ``pair_group``, then over groups.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from typing import Any
 import torch
 
 from semcorr.data.base import (
+    ALTERNATIVES_KEY,
     GROUPS_KEY,
     HEADLINE_KEY,
     PairDataset,
@@ -65,6 +70,23 @@ def _points(items: Any, names: list[str], path: Path, side: str) -> tuple[torch.
     records = [by_name[n] for n in names]
     points = torch.tensor([[float(v) for v in r["pos"]] for r in records], dtype=torch.float32)
     return points.reshape(-1, 2), records
+
+
+def _concept_rows(data: dict[str, Any], path: Path) -> tuple[list[int], list[list[int]]]:
+    """CC rows: source indices (order of first mention) and each one's target indices (sorted),
+    merged over the ``concept_matches`` groups that list it."""
+    src = {str(k["name"]): i for i, k in enumerate(data["src_keypoints"])}
+    trg = {str(k["name"]): i for i, k in enumerate(data["trg_keypoints"])}
+    targets: dict[int, set[int]] = {}
+    try:
+        for group in data.get("concept_matches", []):
+            wanted = {trg[str(n)] for n in group["trg_keypoints"]}
+            for name in group["src_keypoints"]:
+                targets.setdefault(src[str(name)], set()).update(wanted)
+    except KeyError as exc:
+        raise InputError(f"{path}: concept match names {exc} that is not listed") from None
+    rows = [i for i, found in targets.items() if found]
+    return rows, [sorted(targets[i]) for i in rows]
 
 
 def _concepts(data: dict[str, Any]) -> list[dict[str, Any]]:
@@ -131,13 +153,21 @@ class SOCO(PairDataset):
         names = [str(n) for n in data["semantic_overlap"]]
         src_pts, src_records = _points(data["src_keypoints"], names, path, "source")
         trg_pts, _ = _points(data["trg_keypoints"], names, path, "target")
+        cc_rows, cc_targets = _concept_rows(data, path)
+        src_all, trg_all = _all_points(data["src_keypoints"]), _all_points(data["trg_keypoints"])
+        src_records += [data["src_keypoints"][i] for i in cc_rows]
+        alternatives = ([[p] for p in trg_pts.tolist()]
+                        + [trg_all[t].tolist() for t in cc_targets])
+        src_pts = torch.cat([src_pts, src_all[cc_rows].reshape(-1, 2)])
+        trg_pts = torch.cat([trg_pts, torch.tensor([a[0] for a in alternatives[len(names):]],
+                                                   dtype=torch.float32).reshape(-1, 2)])
         src_box, trg_box = (_box(data.get(f"{s}_bndbox"), path) for s in ("src", "trg"))
         trg_size = _size(data, "trg", path)
-        reference = (max(trg_box[2] - trg_box[0], trg_box[3] - trg_box[1]) if trg_box is not None
-                     else max(trg_size))
         group = str(data.get("pair_group") or data.get("category"))
-        n = len(names)
-        groups = {"correspondence_type": ["Cross-SOC" if kind == "cross" else "SOC"] * n}
+        n = len(src_records)
+        prefix = "Cross-" if kind == "cross" else ""
+        groups = {"correspondence_type": [f"{prefix}SOC"] * len(names)
+                  + [f"{prefix}CC"] * len(cc_rows)}
         if src_records and all("kind" in r for r in src_records):
             groups["keypoint_kind"] = [str(r["kind"]) for r in src_records]
         return PairSample(
@@ -151,14 +181,30 @@ class SOCO(PairDataset):
             target_bbox=trg_box,
             source_size=_size(data, "src", path),
             target_size=trg_size,
-            pck_reference=float(reference),
+            pck_reference=_reference(data, trg_size),
             keypoint_ids=torch.tensor([int(r["id"]) for r in src_records], dtype=torch.long),
             flip_permutation=torch.full((n,), -1, dtype=torch.long),
             pair_id=f"{kind}/{path.parent.name}/{path.stem}",
             extra={"pair_type": kind, "keypoint_names": names, GROUPS_KEY: groups,
                    HEADLINE_KEY: ["correspondence_type", self._headline],
-                   "concept_matches": _concepts(data)},
+                   "concept_matches": _concepts(data), ALTERNATIVES_KEY: alternatives},
         )
+
+
+def _all_points(items: Any) -> torch.Tensor:
+    """``(K, 2)`` positions of every listed keypoint, in list order."""
+    return torch.tensor([[float(v) for v in k["pos"]] for k in items],
+                        dtype=torch.float32).reshape(-1, 2)
+
+
+def _reference(data: dict[str, Any], size: tuple[int, int]) -> float:
+    """The larger side of the target box in the file's own numbers (the larger image side
+    without a box), as the official script computes it in Python floats."""
+    box = data.get("trg_bndbox")
+    if box is None:
+        return float(max(size))
+    left, top, right, bottom = (float(v) for v in box)
+    return max(right - left, bottom - top)
 
 
 def _box(value: Any, path: Path) -> torch.Tensor | None:

@@ -34,7 +34,14 @@ from typing import Any
 
 import torch
 
-from semcorr.data.base import BadPair, PairDataset, PairSample, sample_problem
+from semcorr.data.base import (
+    ALTERNATIVES_KEY,
+    BadPair,
+    PairDataset,
+    PairSample,
+    alternatives_problem,
+    sample_problem,
+)
 from semcorr.errors import ImageError, InputError
 from semcorr.eval.groups import group_labels, group_tables, headline_of
 from semcorr.eval.metrics import (  # noqa: F401  (public here as before)
@@ -43,7 +50,13 @@ from semcorr.eval.metrics import (  # noqa: F401  (public here as before)
     read_predictions,
 )
 from semcorr.eval.pck import format_threshold
-from semcorr.eval.protocols import PCKProtocol, StretchedPair, default_protocol, get_protocol
+from semcorr.eval.protocols import (
+    PCKProtocol,
+    StretchedPair,
+    default_protocol,
+    get_protocol,
+    padded_points,
+)
 from semcorr.io import atomic_write_bytes, atomic_write_json, load_image
 from semcorr.match.pose import NO_PARTNER, PARTNER_UNSEEN
 from semcorr.pipeline import Matcher, SourceFeatures, TargetFeatures
@@ -232,10 +245,13 @@ def _predict(
     stretched = None
     if protocol.stretched:
         stretched = StretchedPair(protocol, sample, *_square_grid(matcher))
-        gt = stretched.points(sample.target_points[rows], stretched.target)
         reference = stretched.reference(normalisation, rows)
+    elif protocol.padded:
+        reference = protocol.original_reference(sample) / max(sample.target_size)
     else:
-        gt, reference = sample.target_points[rows], protocol.original_reference(sample)
+        reference = protocol.original_reference(sample)
+    to_frame = _target_frame(protocol, sample, stretched)
+    gt = to_frame(sample.target_points[rows])
     record: dict[str, Any] = {
         "pair_id": sample.pair_id,
         "category": sample.category,
@@ -249,6 +265,7 @@ def _predict(
         "src": sample.source_points[rows].tolist(),
         "extra": {k: v for k, v in sample.extra.items() if isinstance(v, (str, int, float, bool))},
         **_group_fields(sample, rows),
+        **_alternatives(sample, rows, to_frame),
     }
     if rows.numel() == 0:
         record.update(pred=[], scores=[], pose="identity")
@@ -269,11 +286,40 @@ def _predict(
         source_mask, target_mask = _pair_masks(view, sample)
     result = view.match(source, [target], points, flip_permutation=_partners(sample, rows),
                         source_mask=source_mask, target_masks=[target_mask])[0]
-    pred = result.points if stretched is None else stretched.from_matcher(result.points)
+    pred = (stretched.from_matcher(result.points) if stretched is not None else
+            result.points.to(torch.float32) / max(sample.target_size) if protocol.padded else
+            result.points)
     record.update(pred=pred.tolist(), scores=result.scores.tolist(), pose=result.pose)
     if result.pose_metric:
         record["pose_distance"] = result.pose_metric
     return record
+
+def _target_frame(protocol: PCKProtocol, sample: PairSample, stretched: StretchedPair | None
+                  ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Original target points ``(N, 2)`` → the protocol's PCK frame."""
+    if stretched is not None:
+        return lambda points: stretched.points(points, stretched.target)
+    if protocol.padded:
+        return lambda points: padded_points(points, sample.target_size, protocol.stretch_size)
+    return lambda points: points
+
+
+def _alternatives(sample: PairSample, rows: torch.Tensor,
+                  to_frame: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, Any]:
+    """The record's ``gt_any`` (every correct target of each visible row, in the PCK frame)
+    when the sample declares :data:`~semcorr.data.base.ALTERNATIVES_KEY`."""
+    given = sample.extra.get(ALTERNATIVES_KEY)
+    if given is None:
+        return {}
+    problem = alternatives_problem(given, sample.num_keypoints)
+    if problem is not None:
+        raise InputError(f"{sample.pair_id}: {problem}")
+    chosen = [given[r] for r in rows.tolist()]
+    counts = torch.tensor([len(c) for c in chosen], dtype=torch.long)
+    flat = to_frame(torch.tensor([p for c in chosen for p in c], dtype=torch.float32)
+                    .reshape(-1, 2))
+    return {"gt_any": [part.tolist() for part in flat.split(counts.tolist())]}
+
 
 def _group_fields(sample: PairSample, rows: torch.Tensor) -> dict[str, Any]:
     """The record's ``groups`` (labels of the visible ``rows``) and ``headline_group``, when the

@@ -13,7 +13,9 @@ The contract with the loaders: a :class:`~semcorr.data.base.PairSample` may carr
 For every breakdown and label the evaluator reports, at every threshold:
 
 * **per image**: the mean over pairs of each pair's PCK on that label's visible keypoints
-  (pairs with no visible keypoint of that label are left out of that label's mean);
+  (pairs with no visible keypoint of that label are left out of that label's mean); when the
+  protocol averages over categories (SOCO), the mean over pairs of each category, then the
+  mean over that label's categories;
 * **per keypoint**: that label's visible keypoints pooled;
 
 with the counts (``pairs``, ``keypoints``). Only the rows visible in both images count; the
@@ -91,13 +93,22 @@ def headline_of(extra: Mapping[str, Any]) -> list[str] | None:
 
 
 class _Sums:
-    """Running sums of one group: pairs, keypoints, sum of pair PCK, sum of hits ``(T,)``."""
+    """Running sums of one group: pairs, keypoints, sum of pair PCK, sum of hits ``(T,)``, and
+    per category its pairs and sum of pair PCK."""
 
     def __init__(self, size: int) -> None:
         self.pairs = 0
         self.keypoints = 0
         self.pair_sum = torch.zeros(size, dtype=torch.float64)
         self.hits = torch.zeros(size, dtype=torch.float64)
+        self.by_category: dict[str, list[Any]] = {}
+
+    def per_image(self, average: str) -> torch.Tensor:
+        """``(T,)``: mean over pairs, or over categories of their means over pairs."""
+        if average != "categories":
+            return self.pair_sum / self.pairs
+        means = [pair_sum / pairs for pairs, pair_sum in self.by_category.values()]
+        return torch.stack(means).mean(dim=0)
 
 
 class GroupAccumulator:
@@ -105,18 +116,22 @@ class GroupAccumulator:
 
     Args:
         keys: threshold names (``"0.10"``) in the order of ``correct``'s columns.
+        average: per image over ``pairs`` or ``categories`` (see the module docstring).
     """
 
-    def __init__(self, keys: Sequence[str]) -> None:
+    def __init__(self, keys: Sequence[str], average: str = "pairs") -> None:
         self.keys = list(keys)
+        self.average = average
         self._sums: dict[str, dict[str, _Sums]] = {}
 
-    def add(self, correct: torch.Tensor, groups: Mapping[str, Sequence[str]] | None) -> None:
+    def add(self, correct: torch.Tensor, groups: Mapping[str, Sequence[str]] | None,
+            category: str = "") -> None:
         """Add one pair.
 
         Args:
             correct: ``(n, T)`` bool, the pair's visible keypoints.
             groups: ``{breakdown: n labels}`` of those keypoints (see :func:`group_labels`).
+            category: the pair's category (for the average over categories).
         """
         if not groups or correct.shape[0] == 0:
             return
@@ -132,8 +147,12 @@ class GroupAccumulator:
                 sums = table.setdefault(label, _Sums(len(self.keys)))
                 sums.pairs += 1
                 sums.keypoints += int(count[code])
-                sums.pair_sum += hits[code] / count[code]
+                pair_pck = hits[code] / count[code]
+                sums.pair_sum += pair_pck
                 sums.hits += hits[code]
+                cell = sums.by_category.setdefault(category, [0, torch.zeros_like(pair_pck)])
+                cell[0] += 1
+                cell[1] += pair_pck
 
     def summary(self) -> dict[str, Any]:
         """``{breakdown: {label: {"pairs", "keypoints", threshold: {"per_image",
@@ -144,7 +163,7 @@ class GroupAccumulator:
             out[name] = {}
             for label in sorted(table):
                 sums = table[label]
-                per_image = sums.pair_sum / sums.pairs
+                per_image = sums.per_image(self.average)
                 per_keypoint = sums.hits / sums.keypoints
                 out[name][label] = {
                     "pairs": sums.pairs,

@@ -13,11 +13,12 @@ from typing import Any
 
 import torch
 
+from semcorr.data.base import ALTERNATIVES_KEY, alternatives_problem
 from semcorr.eval.groups import GroupAccumulator, groups_problem, headline_of
 from semcorr.eval.pck import PCKAccumulator, PCKStatistics, format_threshold
 from semcorr.eval.protocols import PCKProtocol, get_protocol
 
-__all__ = ["CURVE_ALPHAS", "compute_metrics", "read_predictions", "record_problem"]
+__all__ = ["CURVE_ALPHAS", "any_correct", "compute_metrics", "read_predictions", "record_problem"]
 
 #: α values of the PCK-vs-α curve (0.01 to 0.20), added to the reported thresholds.
 CURVE_ALPHAS: tuple[float, ...] = tuple(round(0.01 * k, 2) for k in range(1, 21))
@@ -65,6 +66,8 @@ def record_problem(record: Any) -> str | None:
         return "'extra' must be an object"
     if "groups" in record and (problem := groups_problem(record["groups"], len(gt))):
         return problem
+    if "gt_any" in record and (problem := alternatives_problem(record["gt_any"], len(gt))):
+        return problem.replace(repr(ALTERNATIVES_KEY), "'gt_any'")
     try:
         headline_of(record)
     except ValueError as exc:
@@ -144,7 +147,7 @@ def compute_metrics(
     columns = [alphas.index(round(float(a), 6)) for a in thresholds]
     breakdowns = BreakdownAccumulator([format_threshold(a) for a in thresholds])
     statistics = PCKStatistics(thresholds) if protocol.statistics else None
-    groups = GroupAccumulator([format_threshold(a) for a in thresholds])
+    groups = GroupAccumulator([format_threshold(a) for a in thresholds], average=average)
     headlines: set[tuple[str, str]] = set()
     seen: set[str] = set()
     skipped: list[dict[str, str]] = []
@@ -165,14 +168,17 @@ def compute_metrics(
             pose_distances[metric] = pose_distances.get(metric, 0) + 1
         pred = torch.tensor(record["pred"], dtype=torch.float64).reshape(-1, 2)
         gt = torch.tensor(record["gt"], dtype=torch.float64).reshape(-1, 2)
-        correct = protocol.correct(pred, gt, float(record["reference"]), alphas)
+        correct = (protocol.correct(pred, gt, float(record["reference"]), alphas)
+                   if "gt_any" not in record else
+                   any_correct(protocol, pred, record["gt_any"], float(record["reference"]),
+                               alphas))
         geo = torch.tensor(record["geo_aware"], dtype=torch.bool).reshape(-1)
         accumulator.add(record["category"], correct, geo)
         breakdowns.add(correct[:, columns], record["category"], record.get("keypoint_ids"), geo,
                        record.get("extra"))
         if statistics is not None:
             statistics.add(record["category"], correct[:, columns], record.get("extra"))
-        groups.add(correct[:, columns], record.get("groups"))
+        groups.add(correct[:, columns], record.get("groups"), record["category"])
         if "headline_group" in record:
             headlines.add(tuple(record["headline_group"]))
     summary = accumulator.summary()
@@ -207,6 +213,18 @@ def compute_metrics(
         **({"statistics": statistics.summary()} if statistics is not None else {}),
         "pose_alignment": {"distance_used": dict(sorted(pose_distances.items()))},
     }
+
+
+def any_correct(protocol: PCKProtocol, pred: torch.Tensor, targets: Sequence[Sequence[Any]],
+                reference: float, alphas: Sequence[float]) -> torch.Tensor:
+    """``(N, T)`` bool: each prediction ``(N, 2)`` within ``α · reference`` of any of its row's
+    targets (``targets``: N non-empty lists of ``[x, y]``), under ``protocol``'s comparison."""
+    counts = torch.tensor([len(row) for row in targets], dtype=torch.long)  # (N,)
+    flat = torch.tensor([p for row in targets for p in row], dtype=torch.float64).reshape(-1, 2)
+    owner = torch.repeat_interleave(torch.arange(len(targets)), counts)  # (P,)
+    hits = protocol.correct(pred[owner], flat, reference, alphas)  # (P, T)
+    out = torch.zeros(len(targets), hits.shape[1], dtype=torch.long)
+    return out.index_add_(0, owner, hits.long()) > 0
 
 
 def _headline(pck: dict[str, Any], groups: dict[str, Any], headlines: set[tuple[str, str]],

@@ -58,6 +58,7 @@ def pck_correct(
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
     inclusive: bool = False,
     dtype: torch.dtype = torch.float64,
+    limit_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Whether each prediction is within ``α * reference`` of its ground truth.
 
@@ -69,6 +70,9 @@ def pck_correct(
         thresholds: T values of α.
         inclusive: ``distance <= α * reference`` instead of the strict ``<``.
         dtype: precision of the distance, the reference and their comparison.
+        limit_dtype: precision of the product ``α * reference`` before it is rounded to
+            ``dtype`` (default ``dtype``; float64 for a script that multiplies Python floats and
+            compares with a float32 tensor).
 
     Returns:
         ``(..., N, T)`` bool.
@@ -78,10 +82,11 @@ def pck_correct(
             f"pred and gt must both be (..., N, 2), got {tuple(pred.shape)} and {tuple(gt.shape)}"
         )
     distance = torch.linalg.vector_norm(pred.to(dtype) - gt.to(dtype), dim=-1)  # (..., N)
-    ref = (reference.to(device=pred.device, dtype=dtype) if isinstance(reference, torch.Tensor)
-           else torch.tensor(float(reference), dtype=dtype, device=pred.device))
-    alphas = torch.as_tensor(list(thresholds), dtype=dtype, device=pred.device)
-    limit = ref[..., None] * alphas
+    product = limit_dtype or dtype
+    ref = (reference.to(device=pred.device, dtype=product) if isinstance(reference, torch.Tensor)
+           else torch.tensor(float(reference), dtype=product, device=pred.device))
+    alphas = torch.as_tensor(list(thresholds), dtype=product, device=pred.device)
+    limit = (ref[..., None] * alphas).to(dtype)
     return distance[..., None] <= limit if inclusive else distance[..., None] < limit
 
 

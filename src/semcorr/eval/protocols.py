@@ -3,7 +3,7 @@
 Published numbers are measured in different ways: in the original image or in a stretched
 square, with ``<`` or ``<=``, against a box, the image or the keypoints' extent, averaged over
 pairs or over categories. A :class:`PCKProtocol` writes one such way out rule by rule; the
-registry holds seven:
+registry holds eight:
 
 * ``geoaware``: the original image, ``distance < α · max side of the target box`` (the dataset's
   own reference: box for SPair-71k, AP-10k and CUB), per image = mean over pairs (semcorr's rule
@@ -32,7 +32,15 @@ registry holds seven:
   pairs, α 0.01, 0.05, 0.10 and 0.15 (its evaluator also reports 0.20);
 * ``generalisation``: the same rule for any dataset (its own reference), α 0.01, 0.05, 0.10 and
   0.15, per image and per keypoint, with every keypoint group the dataset declares
-  (:mod:`semcorr.eval.groups`): the suite's rule for a benchmark without a protocol of its own.
+  (:mod:`semcorr.eval.groups`): the suite's rule for a benchmark without a protocol of its own;
+* ``soco``: SOCO's ``scripts/evaluate_dinov2.py`` (GenIntel/SOCO): each image padded (right and
+  bottom) to a square of its larger side and resized to 798 × 798 (the script's default 800
+  rounded to DINOv2's 14-pixel patches); ground truth truncated to whole pixels, scaled to 798
+  and truncated again, then divided by 798; predictions ``x / max(w, h)``; the reference
+  ``max side of the target box / max(w, h)``; ``distance < α · reference`` in float32 (the
+  product ``α · reference`` in float64, as the script's Python floats); per pair, then per pair
+  group, then the mean over groups, intra (SOC) and cross (Cross-SOC) pairs apart; concept
+  correspondences (CC) correct when within reach of any of their targets.
 
 :data:`DEFAULT_PROTOCOLS` gives each dataset's protocol when ``--protocol`` is left out.
 """
@@ -55,11 +63,13 @@ __all__ = [
     "DEFAULT_PROTOCOLS",
     "GENERALISATION_THRESHOLDS",
     "PCKProtocol",
+    "SOCO_SIZE",
     "PROTOCOLS",
     "StretchedPair",
     "default_protocol",
     "get_protocol",
     "list_protocols",
+    "padded_points",
     "register_protocol",
 ]
 
@@ -76,8 +86,13 @@ class PCKProtocol:
         source: where the rules are read from.
         comparison: ``"<"`` or ``"<="`` between the distance and ``α · reference``.
         precision: ``float64`` or ``float32`` for distances, references and their comparison.
-        frame: ``original`` (the dataset's pixels) or ``stretched`` (both images resized to
-            ``stretch_size`` squares before the backbone; PCK measured there).
+        limit_precision: precision of ``α · reference`` before it is rounded to ``precision``
+            (``None``: ``precision``).
+        frame: ``original`` (the dataset's pixels), ``stretched`` (both images resized to
+            ``stretch_size`` squares before the backbone; PCK measured there) or ``padded``
+            (PCK in the unit square of each image padded to its larger side, ground truth
+            truncated to whole pixels of a ``stretch_size`` square: :func:`padded_points`;
+            the backbone sees the original image).
         reference: ``dataset`` (the dataset's own reference: :attr:`PairSample.pck_reference`)
             or ``box-or-image`` (larger side of the target box, else of the target image).
         average: overall per-image PCK as the mean over ``pairs``, or ``dataset`` (the
@@ -85,7 +100,7 @@ class PCKProtocol:
         thresholds: the α reported when ``--thresholds`` is left out.
         headline: ``per_image`` or ``per_keypoint``: the number the protocol reports.
         statistics: add mean ± standard deviation tables (:class:`PCKStatistics`).
-        stretch_size: side of the stretched PCK frame.
+        stretch_size: side of the stretched (or padded) PCK frame.
         stretch_antialias: antialiased bilinear stretch (PIL's resize) rather than plain
             bilinear.
         clamp_margin: stretched keypoints are clamped to ``[m, size - 1 - m]``.
@@ -96,6 +111,7 @@ class PCKProtocol:
     source: str
     comparison: str = "<"
     precision: str = "float64"
+    limit_precision: str | None = None
     frame: str = "original"
     reference: str = "dataset"
     average: str = "dataset"
@@ -108,7 +124,9 @@ class PCKProtocol:
 
     def __post_init__(self) -> None:
         checks = (("comparison", ("<", "<=")), ("precision", tuple(_DTYPES)),
-                  ("frame", ("original", "stretched")), ("reference", ("dataset", "box-or-image")),
+                  ("limit_precision", (None, *_DTYPES)),
+                  ("frame", ("original", "stretched", "padded")),
+                  ("reference", ("dataset", "box-or-image")),
                   ("average", ("pairs", "dataset")), ("headline", ("per_image", "per_keypoint")))
         for attribute, allowed in checks:
             if getattr(self, attribute) not in allowed:
@@ -118,12 +136,17 @@ class PCKProtocol:
     def stretched(self) -> bool:
         return self.frame == "stretched"
 
+    @property
+    def padded(self) -> bool:
+        return self.frame == "padded"
+
     def correct(self, pred: torch.Tensor, gt: torch.Tensor, reference: float | torch.Tensor,
                 thresholds: Sequence[float]) -> torch.Tensor:
         """``(N, T)`` bool: :func:`~semcorr.eval.pck.pck_correct` under this protocol's
         comparison and precision (``pred``, ``gt``: ``(N, 2)`` in the protocol's frame)."""
         return pck_correct(pred, gt, reference, thresholds, inclusive=self.comparison == "<=",
-                           dtype=_DTYPES[self.precision])
+                           dtype=_DTYPES[self.precision],
+                           limit_dtype=_DTYPES.get(self.limit_precision or self.precision))
 
     def averaging(self, dataset: PairDataset) -> str:
         """``pairs`` or ``categories``: how the overall per-image PCK is formed."""
@@ -149,6 +172,8 @@ class PCKProtocol:
                              "(before clamping)",
             }.get(normalisation, f"larger side of the target box scaled to {size}x{size} "
                                  "(x by size/width, y by size/height)")
+        if self.padded:
+            return f"{normalisation} reference divided by the target image's larger side"
         if self.reference == "box-or-image":
             return "larger side of the target box; of the target image when there is no box"
         return str(normalisation)
@@ -156,7 +181,11 @@ class PCKProtocol:
     def rules(self, dataset: PairDataset) -> dict[str, Any]:
         """Every rule of this protocol on ``dataset``, for ``results.json``."""
         average = self.averaging(dataset)
-        frame = ("original image pixels" if not self.stretched else
+        frame = ("original image pixels" if self.frame == "original" else
+                 f"unit square of each image padded right and bottom to its larger side; ground "
+                 f"truth truncated to whole pixels, scaled to {self.stretch_size} and truncated "
+                 f"again, then divided by {self.stretch_size}; predictions x / max(w, h)"
+                 if self.padded else
                  f"both images stretched to {self.stretch_size}x{self.stretch_size} (aspect "
                  "ignored, no padding, bilinear" + (", antialiased" if self.stretch_antialias
                                                    else "") + ") before the backbone; "
@@ -170,7 +199,8 @@ class PCKProtocol:
             "reference": self.reference_words(dataset.protocol.get("normalisation", "bbox")),
             "frame": frame,
             "comparison": f"distance {self.comparison} alpha * reference",
-            "precision": self.precision,
+            "precision": self.precision + (f" (alpha * reference in {self.limit_precision})"
+                                           if self.limit_precision else ""),
             "average": average,
             "per_image": "mean over pairs of each pair's PCK"
                          + (", then mean over categories" if average == "categories" else ""),
@@ -278,9 +308,28 @@ DEFAULT_PROTOCOLS: dict[str, str] = {
     "pf-pascal": "pf",
     "pf-willow": "pf",
     "spair-u": "spair-u",
+    "soco": "soco",
+    "mp100": "marco",
 }
 #: The α of the generalisation benchmarks (MARCO's table and SPair-U's).
 GENERALISATION_THRESHOLDS: tuple[float, ...] = (0.01, 0.05, 0.10, 0.15)
+
+
+#: Side of SOCO's square: ``--image-size 800`` rounded to DINOv2's 14-pixel patches.
+SOCO_SIZE = 798
+
+
+def padded_points(points: torch.Tensor, size: tuple[int, int], side: int) -> torch.Tensor:
+    """Points ``(N, 2)`` of a ``size = (w, h)`` image → the unit square of that image padded to
+    its larger side, through whole pixels as SOCO's script rounds them: each coordinate
+    truncated, scaled to a ``side`` square and truncated again, then divided by ``side``.
+
+    Returns:
+        ``(N, 2)`` float32.
+    """
+    whole = points.trunc().to(torch.int32)
+    scaled = (whole * side / max(size)).to(torch.int32)
+    return scaled.to(torch.float32) / side
 
 
 def default_protocol(dataset_name: str) -> str:
@@ -338,4 +387,11 @@ register_protocol(PCKProtocol(
     "pairs, alpha 0.01-0.15, every keypoint group the dataset declares",
     "semcorr issue 23 (the generalisation suite's rule when a benchmark has none of its own)",
     average="pairs", thresholds=GENERALISATION_THRESHOLDS,
+))
+register_protocol(PCKProtocol(
+    "soco", "unit square of the image padded to its larger side, whole-pixel ground truth, "
+    "distance < alpha * target box / image side in float32, per pair then per group, SOC and CC",
+    "GenIntel/SOCO scripts/evaluate_dinov2.py (_eval_points, _pck, _aggregate)",
+    precision="float32", limit_precision="float64", frame="padded",
+    thresholds=GENERALISATION_THRESHOLDS, stretch_size=SOCO_SIZE,
 ))

@@ -339,7 +339,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--protocol", default=None, choices=list_protocols(),
                         help="how PCK is measured: geoaware, pf, sd4match (stretched 768 frame, "
                         "<=), foundation-finetune (<= box or image, mean ± std), spair-u "
-                        "(Jamais Vu), marco (stretched 770, <=) or generalisation (α "
+                        "(Jamais Vu), marco (stretched 770, <=), soco (SOCO's script: whole "
+                        "pixels of a padded 798 square, <, SOC and CC) or generalisation (α "
                         "0.01-0.15, keypoint groups); default by "
                         f"dataset: {defaults_text}")
     parser.add_argument("--pose-distance", default="auto", choices=POSE_DISTANCES,

@@ -37,7 +37,10 @@ and pairs the first ``min(n_src, n_trg)`` by position (``datasets/mp100.py`` l. 
 same rows whenever both images show the same keypoints; semcorr pairs them by id unless
 ``rows="marco"`` asks for MARCO's rows. MARCO
 measures PCK in images stretched to 770 x 770 (``configs/dataset/mp-100.yaml``) with
-``<=`` (``util/evaluator.py``); semcorr measures in the original image (``--protocol``).
+``<=`` (``util/evaluator.py``): ``--protocol marco``, mp100's default (its reference is the
+stretched box of the target's annotation, where MARCO takes the largest over the image's
+annotations). POMNet's episodes are measured in the original image with ``<`` against the
+sanitised box: ``--protocol generalisation``.
 
 Seen vs unseen (``extra["keypoint_groups"]["category_split"]``): MARCO trains on SPair-71k and
 calls its MP-100 subsets unseen categories; its README drops exactly the MP-100 categories that

@@ -34,10 +34,15 @@ def test_suite_reports_mp100_and_soco_groups(tmp_path: Path, capsys) -> None:
     with (out / "suite.csv").open(newline="") as handle:
         rows = {(r["benchmark"], r["group"]): r for r in csv.DictReader(handle)}
     expected = {("mp100", "all"): (2, 0.75), ("mp100", "category_split=unseen"): (2, 0.75),
-                ("soco", "all"): (3, 2.5 / 3), ("soco", "correspondence_type=SOC"): (2, 1.0),
+                # SOCO under its default protocol: per pair group (car, cross:car), then the
+                # mean over groups; the cross pair's rows: 2/4 SOC, 2/2 CC
+                ("soco", "all"): (3, (1 + 4 / 6) / 2),
+                ("soco", "correspondence_type=SOC"): (2, 1.0),
                 ("soco", "correspondence_type=Cross-SOC"): (1, 0.5),
+                ("soco", "correspondence_type=CC"): (2, 1.0),
+                ("soco", "correspondence_type=Cross-CC"): (1, 1.0),
                 ("soco", "keypoint_kind=structural"): (3, 1.0),
-                ("soco", "keypoint_kind=functional"): (3, 2 / 3)}
+                ("soco", "keypoint_kind=functional"): (3, (1 + 0) / 2)}
     assert set(rows) == set(expected)
     for key, (pairs_count, pck) in expected.items():
         assert int(rows[key]["pairs"]) == pairs_count

@@ -294,6 +294,7 @@ def _predict(
         record["pose_distance"] = result.pose_metric
     return record
 
+
 def _target_frame(protocol: PCKProtocol, sample: PairSample, stretched: StretchedPair | None
                   ) -> Callable[[torch.Tensor], torch.Tensor]:
     """Original target points ``(N, 2)`` → the protocol's PCK frame."""

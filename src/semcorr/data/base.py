@@ -113,8 +113,6 @@ class PairSample:
         return self.visible & has_group & (counts[safe] >= 2)
 
 
-#: How far (pixels) a visible source keypoint may lie outside its image and still be used (it is
-#: then pulled onto the border): annotation tools round to the pixel grid.
 #: ``PairSample.extra`` key of the per-row keypoint group labels (:mod:`semcorr.eval.groups`).
 GROUPS_KEY = "keypoint_groups"
 #: ``PairSample.extra`` key of the headline group ``(breakdown, label)``.
@@ -134,6 +132,9 @@ def alternatives_problem(value: Any, rows: int) -> str | None:
         return f"{ALTERNATIVES_KEY!r}: every keypoint needs a non-empty list of [x, y] targets"
     return None
 
+
+#: How far (pixels) a visible source keypoint may lie outside its image and still be used (it is
+#: then pulled onto the border): annotation tools round to the pixel grid.
 OUTSIDE_TOLERANCE = 1.0
 
 

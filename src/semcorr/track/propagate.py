@@ -32,6 +32,7 @@ The label conversions (points ↔ heatmaps, index masks ↔ one-hot) are in
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 
@@ -49,7 +50,7 @@ __all__ = [
     "labels_to_mask",
     "labels_to_points",
     "mask_to_labels",
-    "neighbourhood_mask",
+    "plan_bands",
     "points_to_labels",
     "propagate_labels",
 ]
@@ -87,49 +88,76 @@ class PropagationConfig:
             raise InputError(f"--temperature must be > 0, got {self.temperature}")
 
 
-def neighbourhood_mask(h: int, w: int, radius: float, device: torch.device | None = None
-                       ) -> Tensor:
-    """Which keys each query may use: ``(h*w, h*w)`` bool, ``[q, k]`` true when
-    ``|i_q - i_k| <= radius`` and ``|j_q - j_k| <= radius`` (all true when ``radius <= 0``)."""
-    if radius <= 0:
-        return torch.ones(h * w, h * w, dtype=torch.bool, device=device)
-    rows = torch.arange(h, device=device).repeat_interleave(w)
-    cols = torch.arange(w, device=device).repeat(h)
-    near_rows = (rows[:, None] - rows[None, :]).abs() <= radius
-    near_cols = (cols[:, None] - cols[None, :]).abs() <= radius
-    return near_rows & near_cols
+#: One chunk of a propagation step: query cells, the key cells they can reach (slices of the
+#: flattened grid) and which of those lie in each query's window (``None``: all).
+Band = tuple[slice, slice, "Tensor | None"]
+
+
+def plan_bands(h: int, w: int, radius: float, frames: int,
+               device: torch.device | None = None) -> list[Band]:
+    """Split the target's cells into bands of rows; with a radius, a band only sees the key
+    rows within ``radius`` of it, so keys outside are never computed, and each query's square
+    window (``|di| <= radius`` and ``|dj| <= radius``, DIFT's ``restrict_neighborhood``) is
+    precomputed as a ``(q, k)`` bool mask.
+
+    Args:
+        h, w: the grid.
+        radius: window half side in cells (``<= 0``: no window).
+        frames: the most context frames a step will use (bounds a chunk's memory).
+    """
+    reach = int(math.floor(radius)) if radius > 0 else h
+    rows = max(1, min(h, reach))  # query rows per band: about the radius
+    while rows > 1 and rows * w * frames * min(h, rows + 2 * reach) * w > _CHUNK_ENTRIES:
+        rows //= 2  # memory of one band's affinities
+    bands: list[Band] = []
+    for top in range(0, h, rows):  # a loop over bands of rows, for memory and locality
+        bottom = min(h, top + rows)
+        k0, k1 = max(0, top - reach), min(h, bottom + reach)
+        queries, keys = slice(top * w, bottom * w), slice(k0 * w, k1 * w)
+        window = None
+        if radius > 0:
+            q = torch.arange(queries.start, queries.stop, device=device)
+            k = torch.arange(keys.start, keys.stop, device=device)
+            near_rows = (torch.div(q, w, rounding_mode="floor")[:, None]
+                         - torch.div(k, w, rounding_mode="floor")[None]).abs() <= radius
+            window = near_rows & (((q % w)[:, None] - (k % w)[None]).abs() <= radius)
+        bands.append((queries, keys, window))
+    return bands
 
 
 def propagate_labels(
     query: Tensor, keys: Tensor, labels: Tensor, config: PropagationConfig,
-    allowed: Tensor | None = None,
+    grid: tuple[int, int], bands: list[Band] | None = None,
 ) -> Tensor:
     """Labels of a target frame from its context.
 
     Args:
-        query: L2-normalised target features ``(C, Q)``.
+        query: L2-normalised target features ``(C, Q)``, ``Q = h * w``.
         keys: L2-normalised context features ``(N, C, Q)`` (N context frames).
         labels: context soft labels ``(N, K, Q)``.
-        config: top-k and temperature (the radius is in ``allowed``).
-        allowed: ``(Q, Q)`` bool, ``[q, k]`` true when key cell ``k`` may serve query ``q``
-            (the same for every context frame); ``None`` for all.
+        config: top-k, temperature and radius.
+        grid: ``(h, w)``.
+        bands: :func:`plan_bands` for this grid and radius (made here when ``None``).
 
     Returns:
         ``(K, Q)`` soft labels of the target.
     """
-    n, c, cells = keys.shape
-    k = min(config.topk, n * cells)
-    flat_labels = labels.permute(1, 0, 2).reshape(labels.shape[1], n * cells)  # (K, N*Q)
+    n = keys.shape[0]
+    if bands is None:
+        bands = plan_bands(*grid, config.radius, n, query.device)
+    scaled = query.T / config.temperature  # (Q, C)
     out = []
-    chunk = max(1, _CHUNK_ENTRIES // max(1, n * cells))
-    for begin in range(0, cells, chunk):  # a loop over chunks of cells, for memory only
-        logits = torch.einsum("ncm,cq->qnm", keys, query[:, begin:begin + chunk])
-        logits = logits / config.temperature  # (q, N, Q)
-        if allowed is not None:
-            logits = logits.masked_fill(~allowed[begin:begin + chunk, None, :], float("-inf"))
+    for queries, reach, window in bands:
+        band_keys = keys[:, :, reach]  # (N, C, q_k)
+        cells = band_keys.shape[-1]
+        logits = torch.einsum("qc,nck->qnk", scaled[queries], band_keys)  # (q, N, q_k)
+        if window is not None:
+            logits.masked_fill_(~window[:, None, :], float("-inf"))
+        k = min(config.topk, n * cells)
         top, index = logits.reshape(logits.shape[0], n * cells).topk(k, dim=1)  # (q, k)
         weights = torch.softmax(top, dim=1)
-        out.append((flat_labels[:, index] * weights[None]).sum(-1))  # (K, q)
+        band_labels = labels[:, :, reach].permute(1, 0, 2).reshape(labels.shape[1], n * cells)
+        out.append((band_labels[:, index] * weights[None]).sum(-1))  # (K, q)
     return torch.cat(out, dim=1)
 
 
@@ -152,8 +180,8 @@ class LabelPropagator:
         self.config = config
         self._first: tuple[Tensor, Tensor] | None = None
         self._recent: deque[tuple[Tensor, Tensor]] = deque(maxlen=max(config.context, 1))
-        self._allowed: Tensor | None = None
         self._grid: tuple[int, int] | None = None
+        self._bands: list[Band] = []
 
     @property
     def grid(self) -> tuple[int, int] | None:
@@ -173,9 +201,8 @@ class LabelPropagator:
         self._grid = (h, w)
         self._first = (_normalise(features), labels.reshape(labels.shape[0], h * w).float())
         self._recent.clear()
-        self._allowed = None
-        if self.config.radius > 0:
-            self._allowed = neighbourhood_mask(h, w, self.config.radius, features.device)
+        self._bands = plan_bands(h, w, self.config.radius, 1 + self.config.context,
+                                 features.device)
 
     def step(self, features: Tensor) -> Tensor:
         """Propagate the labels to the next frame.
@@ -194,7 +221,7 @@ class LabelPropagator:
         context = [self._first, *self._recent]
         keys = torch.stack([f for f, _ in context])
         labels = torch.stack([lab for _, lab in context])
-        out = propagate_labels(query, keys, labels, self.config, self._allowed)
+        out = propagate_labels(query, keys, labels, self.config, self._grid, self._bands)
         if self.config.context > 0:
             self._recent.append((query, out))
         return out.reshape(-1, h, w)

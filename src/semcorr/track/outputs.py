@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import colorsys
 import io
 import os
 from collections.abc import Sequence
@@ -24,7 +25,6 @@ from PIL import Image, ImageDraw
 from semcorr.conventions import UNMATCHED
 from semcorr.errors import ImageError
 from semcorr.io import atomic_write_bytes, atomic_write_json, open_image
-from semcorr.viz.matches import palette as point_colours
 
 __all__ = [
     "coco_keypoints",
@@ -35,6 +35,12 @@ __all__ = [
     "write_index_png",
     "write_overlays",
 ]
+
+
+def _point_colours(n: int) -> list[tuple[int, int, int]]:
+    """``n`` distinct saturated colours (hues evenly spaced)."""
+    return [tuple(round(255 * c) for c in colorsys.hsv_to_rgb(i / max(n, 1), 0.9, 1.0))
+            for i in range(n)]  # type: ignore[misc]
 
 
 def davis_palette() -> np.ndarray:
@@ -116,7 +122,7 @@ def overlay_frame(frame: Image.Image, mask: torch.Tensor | None, pal: np.ndarray
     if points is not None:
         draw = ImageDraw.Draw(canvas)
         radius = max(2, max(canvas.size) // 100)
-        for (x, y), colour in zip(points.tolist(), point_colours(len(points)), strict=True):
+        for (x, y), colour in zip(points.tolist(), _point_colours(len(points)), strict=True):
             if x == UNMATCHED and y == UNMATCHED:
                 continue
             draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=colour,

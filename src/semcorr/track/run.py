@@ -10,10 +10,11 @@ next to the backbone) and so writes byte-identical outputs.
 Geometry: a backbone sees each frame resized and padded to a square of side ``S``
 (:class:`~semcorr.geometry.ResizePad`); labels live on that square's feature grid. Points go
 there with ``ResizePad.to_input`` and the CRW pixel → cell rule, and come back the same way.
-Masks are resized with nearest-neighbour sampling onto the square (padding = background), and
-decoded at the square's resolution (bilinear, DIFT's ``norm_mask``, argmax), cropped to the
-frame and resized back with nearest-neighbour sampling, as DIFT does from its working size to
-the original size.
+Masks are resized with nearest-neighbour sampling onto the square (padding = background), then
+onto the grid (DIFT resizes the original mask to the grid in one nearest-neighbour step; here
+there are two, because of the padding), and decoded at the square's resolution (bilinear,
+DIFT's ``norm_mask``, argmax), cropped to the frame and resized back with nearest-neighbour
+sampling, as DIFT does from its working size to the original size.
 """
 
 from __future__ import annotations

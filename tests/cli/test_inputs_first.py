@@ -97,6 +97,7 @@ def _cases(tmp: Path, willow: Path) -> list[tuple[list[str], str]]:
         (["track", str(sample_dir()), "--points", "1,1", "--out", afile], "is a file"),
         (["track", str(sample_dir()), "--points", "1,1", "--out", o, "--topk", "0"], "--topk"),
         (["track", afile, "--points", "1,1", "--out", o], "not a video"),
+        (["track", str(sample_dir()), "--points", "1,1", "--out", o, "--sigma", "0"], "--sigma"),
     ]
 
 

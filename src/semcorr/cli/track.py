@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from semcorr.cli.common import add_backbone_options, backbone_from_args, parse_key_values
 from semcorr.errors import InputError
 from semcorr.io import check_output_dir, parse_points
+from semcorr.options import positive_number
 
 __all__ = ["add_parser", "read_first_points", "resolve_settings", "run_track"]
 
@@ -83,6 +84,7 @@ def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
              if getattr(args, k) is not None}
     config = PropagationConfig(**{**asdict(base), **given})
     sigma = args.sigma if args.sigma is not None else (preset.sigma if preset else 0.5)
+    positive_number("--sigma", sigma)
     return {"preset": args.preset, "backbone": backbone, "backbone_options": options,
             "propagation": asdict(config), "sigma": sigma,
             "source": preset.source if preset else "semcorr defaults",

@@ -3,10 +3,10 @@
 Points follow CRW (github.com/ajabri/videowalk), read for facts:
 
 * a point becomes a Gaussian heatmap drawn as ``code/data/jhmdb.py`` ``draw_labelmap_np`` does
-  (l.287-318): centre value 1, ``sigma`` in cells, a ``(6 sigma + 1)`` square placed at
+  (l.287-319): centre value 1, ``sigma`` in cells, a ``(6 sigma + 1)`` square placed at
   ``int(p - 3 sigma)`` (truncation, so the drawn peak is on a whole cell), clipped to the grid,
   nothing when the square lies outside; the loader uses ``sigma = 0.5`` (l.126);
-* pixel → cell is ``x * w / W`` (``jhmdb.py`` l.237-238, divided by the map stride) and cell →
+* pixel → cell is ``x * w / W`` (``jhmdb.py`` l.238-239, divided by the map stride) and cell →
   pixel ``x * W / w`` (``code/eval/eval_pck.py``: ``/ feat_res * width``);
 * a heatmap becomes a point as ``code/utils/test_utils.py`` ``process_pose`` does (l.55-77):
   the 3 largest cells, averaged with their values as weights; ``-1`` when the map is all zero.

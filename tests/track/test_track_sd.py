@@ -22,6 +22,7 @@ from semcorr.track.run import frame_features, track_clip  # noqa: E402
 from track_clips import bundled_clip, save_clip  # noqa: E402
 
 
+@pytest.mark.slow  # 20-28 s measured under load (8 noise draws per frame)
 def test_dift_preset_options_on_tiny_sd(tmp_path: Path) -> None:
     weights = save_tiny_stable_diffusion(tmp_path / "sd")
     options = {**PRESETS["dift-davis"].backbone_options, "image_size": 32}

@@ -24,7 +24,7 @@ LAYERS: dict[str, int] = {
     **dict.fromkeys(("hub", "devices"), 2),
     **dict.fromkeys(("features", "match", "data"), 3),
     **dict.fromkeys(("postprocess", "pipeline", "analysis"), 4),
-    **dict.fromkeys(("viz", "transfer", "semcorr"), 5),  # semcorr: the root's public API
+    **dict.fromkeys(("viz", "transfer", "track", "semcorr"), 5),  # semcorr: the root's API
     "eval": 6,
     "train": 7,
     **dict.fromkeys(("cli", "server", "__main__"), 8),

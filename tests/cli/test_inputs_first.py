@@ -87,6 +87,17 @@ def _cases(tmp: Path, willow: Path) -> list[tuple[list[str], str]]:
         (["extract", "--cache", o, "--dataset", "pf-willow", "--root", nowhere],
          "missing PF-WILLOW folder"),
         (["keypoints", f"{nowhere}.png", "--out", o], "none of the 1 image file(s) exists"),
+        (["track", nowhere, "--points", "1,1", "--out", o], "no such video file or frame folder"),
+        (["track", str(sample_dir()), "--out", o], "nothing to track"),
+        (["track", str(sample_dir()), "--points", f"{nowhere}.json", "--out", o],
+         "no such points file"),
+        (["track", str(sample_dir()), "--points", "9999,1", "--out", o], "outside the 451x300"),
+        (["track", str(sample_dir()), "--mask", str(sorted((willow / "car(G)").glob("*.png"))[0]),
+          "--out", o], "the frames are 451x300"),
+        (["track", str(sample_dir()), "--points", "1,1", "--out", afile], "is a file"),
+        (["track", str(sample_dir()), "--points", "1,1", "--out", o, "--topk", "0"], "--topk"),
+        (["track", afile, "--points", "1,1", "--out", o], "not a video"),
+        (["track", str(sample_dir()), "--points", "1,1", "--out", o, "--sigma", "0"], "--sigma"),
     ]
 
 

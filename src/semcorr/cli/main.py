@@ -29,7 +29,7 @@ __all__ = ["JOBS", "OneLineParser", "build_parser", "main"]
 #: Job modules under ``semcorr.cli``, in the order ``semcorr --help`` lists them.
 JOBS = [
     "match", "demo", "extract", "eval", "keypoints", "train", "serve", "transfer",
-    "show", "analyze", "data",
+    "show", "analyze", "data", "track",
 ]
 
 

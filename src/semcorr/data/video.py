@@ -12,6 +12,7 @@ kinds of ground truth exist:
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -30,9 +31,11 @@ __all__ = [
     "VideoDataset",
     "VideoSample",
     "create_video_dataset",
+    "davis_palette",
     "list_video_datasets",
     "read_index_png",
     "register_video_dataset",
+    "write_index_png",
 ]
 
 #: Label of DAVIS's "void" pixels (object borders left unlabelled); counted as background.
@@ -55,6 +58,34 @@ def read_index_png(path: Path) -> np.ndarray:
             return np.array(image)
     except (OSError, UnidentifiedImageError) as exc:
         raise InputError(f"{path}: unreadable label image ({exc})") from None
+
+
+def davis_palette() -> np.ndarray:
+    """``(256, 3)`` uint8 colours of the DAVIS (PASCAL VOC) palette: the bits of each index,
+    three at a time, fill red, green and blue from the most significant bit down."""
+    index = np.arange(256)
+    colours = np.zeros((256, 3), dtype=np.int64)
+    for j in range(8):  # 8 bit planes, vectorised over the 256 indices
+        for channel in range(3):
+            bit = (index >> (3 * j + channel)) & 1
+            colours[:, channel] |= bit << (7 - j)
+    return colours.astype(np.uint8)
+
+
+def write_index_png(path: Path, labels: np.ndarray) -> None:
+    """Write labels ``(H, W)`` (0-255) as an index PNG in the DAVIS palette (atomically)."""
+    from PIL import Image
+
+    from semcorr.io import atomic_write_bytes
+
+    if labels.size and (labels.min() < 0 or labels.max() > 255):
+        raise InputError(f"{path}: label indices must lie in 0..255")
+    image = Image.fromarray(labels.astype(np.uint8))  # mode L; the palette makes it P
+    image.putpalette(davis_palette().ravel().tolist())
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ from semcorr.data.base import require_dir, require_file
 from semcorr.data.video import VideoDataset, VideoSample, register_video_dataset
 from semcorr.errors import InputError
 
-__all__ = ["DAVIS_SPLITS", "Davis2017", "davis_sequence_names"]
+__all__ = ["DAVIS_SPLITS", "DAVIS_TRAINVAL_URL", "Davis2017", "check_davis2017",
+           "davis_sequence_names"]
 
 DAVIS_SPLITS = ("train", "val")
 
@@ -73,3 +74,28 @@ class Davis2017(VideoDataset):
             names = [n for n in names if n in wanted]
         self.resolution = resolution
         self.samples = [_sequence(self.root, resolution, n) for n in names]
+
+
+#: The official DAVIS-2017 train+val archive (480p), as davis-2017's get_davis.sh fetches it.
+DAVIS_TRAINVAL_URL = ("https://data.vision.ee.ethz.ch/csergi/share/davis/"
+                      "DAVIS-2017-trainval-480p.zip")
+
+
+def check_davis2017(root: Path) -> list[str]:
+    """What ``root`` lacks for the DAVIS-2017 benchmark: the split lists, and for every ``val``
+    sequence its frames and annotations folders, named one for one (relative paths)."""
+    problems = [p for p in ("ImageSets/2017/val.txt", "ImageSets/2017/train.txt")
+                if not (root / p).is_file()]
+    if "ImageSets/2017/val.txt" in problems:
+        return problems
+    for name in davis_sequence_names(root, "val"):
+        frames = root / "JPEGImages" / "480p" / name
+        masks = root / "Annotations" / "480p" / name
+        missing = [f"{p.relative_to(root)}/" for p in (frames, masks) if not p.is_dir()]
+        problems += missing
+        if not missing and ({p.stem for p in frames.glob("*.jpg")}
+                            != {p.stem for p in masks.glob("*.png")} or
+                            not any(frames.glob("*.jpg"))):
+            problems.append(f"{masks.relative_to(root)}/: the annotations do not name the "
+                            "frames one for one")
+    return problems

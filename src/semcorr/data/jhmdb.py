@@ -25,7 +25,8 @@ from semcorr.data.base import require_dir, require_file
 from semcorr.data.video import VideoDataset, VideoSample, register_video_dataset
 from semcorr.errors import InputError
 
-__all__ = ["JHMDB_JOINTS", "JHMDB_SPLITS", "Jhmdb", "read_joint_positions", "split_videos"]
+__all__ = ["JHMDB_ARCHIVES", "JHMDB_BASE_URL", "JHMDB_JOINTS", "JHMDB_SPLITS", "Jhmdb",
+           "check_jhmdb", "read_joint_positions", "split_videos"]
 
 #: The 15 puppet joints of JHMDB, in ``pos_img`` order.
 JHMDB_JOINTS = ("neck", "belly", "face", "right shoulder", "left shoulder", "right hip",
@@ -136,3 +137,25 @@ class Jhmdb(VideoDataset):
                         self.root / "joint_positions" / a / v / "joint_positions.mat")
                        for a, v in split_videos(self.root, split, int(split_number))]
         self.samples = [_video(*entry) for entry in entries]
+
+
+#: The official JHMDB files (jhmdb.is.tue.mpg.de), as used by CRW's data preparation.
+JHMDB_BASE_URL = "http://files.is.tue.mpg.de/jhmdb/"
+JHMDB_ARCHIVES = {"Rename_Images.tar.gz": "Rename_Images", "joint_positions.zip":
+                  "joint_positions", "splits.zip": "splits"}
+
+
+def check_jhmdb(root: Path) -> list[str]:
+    """What ``root`` lacks for the JHMDB protocol: the split-1 files, and for every test video
+    its frames folder and ``joint_positions.mat`` (relative paths)."""
+    if not any((root / "splits").glob("*_test_split1.txt")):
+        return ["splits/*_test_split1.txt"]
+    problems = []
+    for action, video in split_videos(root, "test", 1):
+        frames = Path("Rename_Images") / action / video
+        mat = Path("joint_positions") / action / video / "joint_positions.mat"
+        if not (root / frames).is_dir() or not any((root / frames).glob("*.png")):
+            problems.append(f"{frames}/")
+        if not (root / mat).is_file():
+            problems.append(str(mat))
+    return problems

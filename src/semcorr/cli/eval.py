@@ -174,7 +174,9 @@ def _run(args: argparse.Namespace, defaults: dict[str, Any]) -> int:
     if args.dataset in VIDEO_DATASETS:
         from semcorr.cli.eval_video import run_video_eval
 
-        return run_video_eval(args, split_given)
+        return run_video_eval(args, split_given, parse_thresholds(args.thresholds)
+                              if args.thresholds else None,
+                              parse_dataset_options(args.dataset_option))
     if args.dataset in LOCAL_FEATURE_DATASETS:
         return _run_hpatches(args)
     _resolve_protocol(settings)

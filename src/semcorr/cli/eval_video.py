@@ -68,8 +68,10 @@ def _backbone(args: argparse.Namespace, preset: Any) -> Any:
     return backbone.to(choose_device(args.device)).eval()
 
 
-def run_video_eval(args: argparse.Namespace, split_given: bool) -> int:
-    """Evaluate ``args.dataset`` (a video benchmark); prints the table, writes
+def run_video_eval(args: argparse.Namespace, split_given: bool, thresholds: list[float] | None,
+                   options: dict[str, Any]) -> int:
+    """Evaluate ``args.dataset`` (a video benchmark) with the parsed ``--thresholds`` (``None``:
+    JHMDB's 0.1, 0.2) and ``--dataset-option`` loader ``options``; prints the table, writes
     ``OUT/results.json`` and ``OUT/results.md``."""
     from semcorr.data.video import create_video_dataset
     from semcorr.eval.video import JHMDB_THRESHOLDS
@@ -88,19 +90,12 @@ def run_video_eval(args: argparse.Namespace, split_given: bool) -> int:
         raise InputError("--root is required (the dataset folder)")
     if args.limit is not None and args.limit < 1:
         raise InputError("--limit must be at least 1")
-    thresholds = JHMDB_THRESHOLDS
-    if args.thresholds:
-        from semcorr.cli.eval import parse_thresholds
-
-        thresholds = tuple(parse_thresholds(args.thresholds))
-    from semcorr.cli.eval import parse_dataset_options
-
-    options = parse_dataset_options(args.dataset_option)
     out = args.out or f"semcorr-eval-{args.dataset}-{split}"
     check_output_dir(out)
     dataset = create_video_dataset(args.dataset, args.root, split=split, **options)
     backbone = _backbone(args, preset)
-    results = evaluate_videos(backbone, dataset, out, config, sigma=sigma, thresholds=thresholds,
+    results = evaluate_videos(backbone, dataset, out, config, sigma=sigma,
+                              thresholds=tuple(thresholds or JHMDB_THRESHOLDS),
                               limit=args.limit, overwrite=args.overwrite,
                               progress=not args.quiet,
                               settings={"backbone": args.backbone, "weights": args.weights,

@@ -1,6 +1,16 @@
 """Benchmark datasets in their official on-disk layouts, yielding :class:`PairSample`."""
 
-from semcorr.data import ap10k, cub, keypoints_json, pfpascal, pfwillow, spair  # noqa: F401
+# the loaders register themselves (davis, jhmdb: the video benchmarks)
+from semcorr.data import (  # noqa: F401
+    ap10k,
+    cub,
+    davis,
+    jhmdb,
+    keypoints_json,
+    pfpascal,
+    pfwillow,
+    spair,
+)
 from semcorr.data.base import (
     DATASETS,
     PairDataset,

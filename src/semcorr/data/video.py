@@ -162,8 +162,6 @@ def create_video_dataset(name: str, root: str | os.PathLike[str], split: str | N
                          **options: Any) -> VideoDataset:
     """Open the video benchmark registered as ``name`` from its official layout under ``root``
     (``split``: the dataset's default when ``None``)."""
-    from semcorr.data import davis, jhmdb  # noqa: F401  (registers the loaders)
-
     factory = VIDEO_DATASETS.get(name)
     if split is None:
         return factory(root=root, **options)
@@ -172,6 +170,4 @@ def create_video_dataset(name: str, root: str | os.PathLike[str], split: str | N
 
 def list_video_datasets() -> list[str]:
     """Names of the registered video benchmarks."""
-    from semcorr.data import davis, jhmdb  # noqa: F401
-
     return VIDEO_DATASETS.names()

@@ -73,6 +73,7 @@ def run_video_eval(args: argparse.Namespace, split_given: bool, thresholds: list
     """Evaluate ``args.dataset`` (a video benchmark) with the parsed ``--thresholds`` (``None``:
     JHMDB's 0.1, 0.2) and ``--dataset-option`` loader ``options``; prints the table, writes
     ``OUT/results.json`` and ``OUT/results.md``."""
+    from semcorr.cli.common import DEFAULT_BACKBONE
     from semcorr.data.video import create_video_dataset
     from semcorr.eval.video import JHMDB_THRESHOLDS
     from semcorr.eval.video_benchmark import evaluate_videos, video_table
@@ -83,7 +84,8 @@ def run_video_eval(args: argparse.Namespace, split_given: bool, thresholds: list
     if args.print_config:
         print(json.dumps({"dataset": args.dataset, "split": split, "root": args.root,
                           "track_preset": args.track_preset,
-                          "backbone": args.backbone or (preset.backbone if preset else None),
+                          "backbone": args.backbone or (preset.backbone if preset
+                                                        else DEFAULT_BACKBONE),
                           "propagation": asdict(config), "sigma": sigma}, indent=2))
         return 0
     if args.root is None:

@@ -130,6 +130,8 @@ def _print_config(args: argparse.Namespace, settings: dict[str, Any]) -> int:
 
 #: Benchmarks of local-feature models (keypoints + descriptors), measured by MMA.
 LOCAL_FEATURE_DATASETS = ("hpatches",)
+#: Video label-propagation benchmarks (:mod:`semcorr.cli.eval_video`).
+VIDEO_DATASETS = ("davis2017", "jhmdb")
 
 
 def _run_hpatches(args: argparse.Namespace) -> int:
@@ -224,7 +226,14 @@ def _run(args: argparse.Namespace, defaults: dict[str, Any]) -> int:
     from semcorr.eval.report import markdown_table
 
     given = {dest for dest in _SUITE_DATASET_SETTINGS if _given(getattr(args, dest, _UNSET))}
+    split_given = _given(getattr(args, "split", _UNSET))
     settings = resolve_settings(args, defaults)
+    if args.dataset in VIDEO_DATASETS and args.suite is None:
+        from semcorr.cli.eval_video import run_video_eval
+
+        return run_video_eval(args, split_given, parse_thresholds(args.thresholds)
+                              if args.thresholds else None,
+                              parse_dataset_options(args.dataset_option))
     if args.dataset in LOCAL_FEATURE_DATASETS and args.suite is None:
         return _run_hpatches(args)
     if args.suite is not None:
@@ -291,9 +300,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from semcorr.eval.presets import list_eval_presets
 
     parser.add_argument("--dataset", default=None,
-                        choices=[*list_datasets(), *LOCAL_FEATURE_DATASETS],
+                        choices=[*list_datasets(), *LOCAL_FEATURE_DATASETS, *VIDEO_DATASETS],
                         help="benchmark (required unless the preset sets it); hpatches: MMA "
-                        "of a local-feature --model")
+                        "of a local-feature --model; davis2017, jhmdb: label propagation "
+                        "(J&F, PCK)")
     parser.add_argument("--model", default=None,
                         help="hpatches: local-feature model (r2d2, faster2d2) with --weights")
     parser.add_argument("--top-k", type=int, default=5000,
@@ -317,7 +327,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data-dir", default=None, metavar="DIR",
                         help="--suite: a folder holding the benchmarks under their official "
                         "names (SPair-71k, mp100 or mp100_all, SOCOv1)")
-    parser.add_argument("--split", default="test", help="split (default: test)")
+    parser.add_argument("--split", default="test",
+                        help="split (default: test; davis2017: val)")
     parser.add_argument("--category", default=None, help="evaluate one category only")
     parser.add_argument(
         "--subset",
@@ -369,5 +380,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "OUT/examples/index.html")
     parser.add_argument("--examples-alpha", type=float, default=0.1, metavar="A",
                         help="PCK threshold that ranks and colours the examples (default: 0.1)")
+    from semcorr.cli.eval_video import add_video_options
+
+    add_video_options(parser)
     defaults = _defer_defaults(parser)
     parser.set_defaults(func=lambda args: _run(args, defaults))

@@ -1,8 +1,11 @@
 """Benchmark datasets in their official on-disk layouts, yielding :class:`PairSample`."""
 
+# the loaders register themselves (davis, jhmdb: the video benchmarks)
 from semcorr.data import (  # noqa: F401
     ap10k,
     cub,
+    davis,
+    jhmdb,
     keypoints_json,
     mp100,
     pfpascal,

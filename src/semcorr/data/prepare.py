@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from semcorr.data.davis import DAVIS_TRAINVAL_URL, check_davis2017
 from semcorr.data.download import DownloadError, download, extract_archive
+from semcorr.data.jhmdb import JHMDB_ARCHIVES, JHMDB_BASE_URL, check_jhmdb
 from semcorr.data.mp100 import check_mp100
 from semcorr.data.r2d2_training import check_r2d2_training
 from semcorr.data.soco import check_soco
@@ -336,6 +338,22 @@ DATASET_SPECS: dict[str, DatasetSpec] = {
                         "CUB_200_2011.tgz", "md5:97eceeb196236b17998738112f37df78",
                         note="md5 as used by common dataset loaders (not published by Caltech)"),),
             check_cub,
+        ),
+        DatasetSpec(
+            "davis2017",
+            "DAVIS-2017 (Pont-Tuset et al., 2017), semi-supervised, 480p train+val",
+            (RemoteFile(DAVIS_TRAINVAL_URL, "DAVIS-2017-trainval-480p.zip", None,
+                        note="no checksum is published; only the size is checked",
+                        present="ImageSets/2017/val.txt"),),
+            check_davis2017,
+        ),
+        DatasetSpec(
+            "jhmdb",
+            "JHMDB (Jhuang et al., 2013): frames, puppet joint positions and the official splits",
+            tuple(RemoteFile(JHMDB_BASE_URL + name, name, None, note="no checksum is "
+                             "published; only the size is checked", strip_top=False,
+                             present=folder) for name, folder in JHMDB_ARCHIVES.items()),
+            check_jhmdb,
         ),
     )
 }

@@ -7,7 +7,8 @@ the larger side of the target keypoints' box, strict ``<``; per target image, th
 then over classes), and the pooled PCK of all points versus the points left after dropping the
 lowest-scored 20 %.
 
-Run (one command, 2 to 10 minutes with dense-sift on 2 shared CPU cores)::
+Run (one command; 6 CPU-minutes with dense-sift, 23 minutes of wall time at load 11-15 on
+the 2 shared cores)::
 
     python benchmarks/bench_transfer.py --splits 3 [--backbone dense-sift] [--no-cycle]
 

@@ -73,7 +73,7 @@ def test_pf_willow_more_sources_and_score_ranking(pf_willow_root: Path, tmp_path
         assert kept[:, 1].mean() > table[:, 1].mean(), (k, pck)
 
 
-@pytest.mark.slow  # 1371 s (6 CPU-minutes) at load 11-15 on the 2 shared cores
+@pytest.mark.slow  # 1371-1732 s (6-7 CPU-minutes) at load 7-15 on the 2 shared cores
 def test_pf_willow_transfer_table(pf_willow_root: Path) -> None:
     """The README's transfer table, by the benchmark's own code (default backbone, 3 splits of
     5 sources and 5 targets per class, k = 1, 3, 5), each figure >= claim - MARGIN.

@@ -7,7 +7,8 @@ the larger side of the target keypoints' box, strict ``<``; per target image, th
 then over classes), and the pooled PCK of all points versus the points left after dropping the
 lowest-scored 20 %.
 
-Run (one command, 2 to 10 minutes with dense-sift on 2 shared CPU cores)::
+Run (one command; 6 CPU-minutes with dense-sift, 23 minutes of wall time at load 11-15 on
+the 2 shared cores)::
 
     python benchmarks/bench_transfer.py --splits 3 [--backbone dense-sift] [--no-cycle]
 
@@ -52,20 +53,24 @@ def write_sources(path: Path, images: list[Path], points: list[torch.Tensor]) ->
     path.write_text(json.dumps(coco))
 
 
-def run(args: argparse.Namespace) -> None:
-    backbone = create_backbone(args.backbone).eval()
-    config = TransferConfig(batch_size=5, cycle=args.cycle, refine=args.refine)
-    classes = sorted(p for p in ROOT.iterdir() if p.is_dir())
+def measure(backbone_name: str = "dense-sift", splits: int = 3, refine: str = "window",
+            cycle: bool = True, alpha: float = 0.1, root: Path = ROOT
+            ) -> dict[int, dict[str, float]]:
+    """The table's figures, per k: ``pck`` (per image, then per class, then over classes),
+    ``pooled`` (over all points), ``kept`` (pooled after dropping the lowest-scored 20 %) and
+    ``kept_points`` / ``points``; fractions in [0, 1]."""
+    backbone = create_backbone(backbone_name).eval()
+    config = TransferConfig(batch_size=5, cycle=cycle, refine=refine)
+    classes = sorted(p for p in root.iterdir() if p.is_dir())
     # per k: class -> list of per-image PCK; and pooled (score, correct) over all points
     per_image: dict[int, dict[str, list[float]]] = {k: {} for k in KS}
     pooled: dict[int, list[torch.Tensor]] = {k: [] for k in KS}
-    start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         cache = FeatureCache.for_backbone(Path(tmp) / "cache", backbone, storage="float32")
         for cls in classes:
             images = sorted(cls.glob("*.png"))
             truth = {p: read_willow_points(p.with_suffix(".mat")) for p in images}
-            for split in range(args.splits):
+            for split in range(splits):
                 order = torch.randperm(len(images), generator=torch.Generator().manual_seed(split))
                 chosen = [images[i] for i in order[:5].tolist()]
                 targets = [images[i] for i in order[5:].tolist()]
@@ -78,24 +83,34 @@ def run(args: argparse.Namespace) -> None:
                     for image, annotation in zip(doc["images"], doc["annotations"], strict=True):
                         gt = truth[Path(image["file_name"])]
                         pred = torch.tensor(annotation["keypoints"]).view(-1, 3)[:, :2]
-                        correct = (pred - gt).norm(dim=-1) < args.alpha * keypoint_extent(gt)
+                        correct = (pred - gt).norm(dim=-1) < alpha * keypoint_extent(gt)
                         per_image[k].setdefault(cls.name, []).append(correct.float().mean().item())
                         scores = torch.tensor(annotation["keypoint_scores"])
                         pooled[k].append(torch.stack([scores, correct.float()], 1))
+    table = {}
+    for k in KS:
+        by_class = [sum(v) / len(v) for v in per_image[k].values()]
+        points = torch.cat(pooled[k])
+        kept = points[points[:, 0] > torch.quantile(points[:, 0], 0.2)]
+        table[k] = {"pck": sum(by_class) / len(by_class), "pooled": points[:, 1].mean().item(),
+                    "kept": kept[:, 1].mean().item(), "kept_points": len(kept),
+                    "points": len(points)}
+    return table
+
+
+def run(args: argparse.Namespace) -> None:
+    start = time.perf_counter()
+    table = measure(args.backbone, args.splits, args.refine, args.cycle, args.alpha)
     seconds = time.perf_counter() - start
     print(f"PF-WILLOW, backbone {args.backbone}, refine {args.refine}, cycle {args.cycle}, "
-          f"{args.splits} split(s) x 10 classes x 5 targets, {seconds:.0f} s")
+          f"{args.splits} split(s) x 10 classes x 5 targets, {seconds:.0f} s, "
+          f"torch threads {torch.get_num_threads()}")
     print(f"| k | PCK@{args.alpha:g} (per image, per class) | pooled PCK | PCK after dropping "
           "lowest-scored 20% | points kept |")
     print("|---|---|---|---|---|")
-    for k in KS:
-        by_class = [sum(v) / len(v) for v in per_image[k].values()]
-        table = torch.cat(pooled[k])
-        cut = torch.quantile(table[:, 0], 0.2)
-        kept = table[table[:, 0] > cut]
-        print(f"| {k} | {100 * sum(by_class) / len(by_class):.1f} | "
-              f"{100 * table[:, 1].mean():.1f} | {100 * kept[:, 1].mean():.1f} | "
-              f"{len(kept)}/{len(table)} |")
+    for k, row in table.items():
+        print(f"| {k} | {100 * row['pck']:.1f} | {100 * row['pooled']:.1f} | "
+              f"{100 * row['kept']:.1f} | {row['kept_points']}/{row['points']} |")
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["speed"]:

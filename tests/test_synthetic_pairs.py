@@ -82,7 +82,8 @@ def pck(predicted: list[torch.Tensor], truth: list[torch.Tensor]) -> float:
 
 @pytest.mark.slow  # measured 386 s on the loaded 2-core machine (OpenCV's dense grid, pose grid)
 def test_dense_sift_on_warped_photographs(photo_paths: list[Path]) -> None:
-    """The README's figures, each failing below its claim minus 0.01 (1.5 of 150 points).
+    """The README's figures, each failing below its claim minus 0.01 (1.5 of 150 points); the
+    OpenCV figures within 0.01 either way (measured 0.9867 and 0.1133, below).
 
     Measured with 1 and with 2 torch threads, identical (fixed warps and points: no seed in the
     test): precise 0.9933, precise + pose 0.9933, semantic 0.9600, OpenCV 0.9867 upright;
@@ -114,6 +115,9 @@ def test_dense_sift_on_warped_photographs(photo_paths: list[Path]) -> None:
     claims = {"upright/semcorr": 0.993, "upright/semcorr+pose": 0.993,
               "upright/semantic": 0.96, "mirrored/semcorr+pose": 0.953}
     assert all(results[k] >= claims[k] - 0.01 for k in claims), results
+    # the README's OpenCV figures, two-sided: a baseline that moved either way misstates it
+    baseline = {"upright/opencv": 0.987, "mirrored/opencv": 0.11}
+    assert all(abs(results[k] - baseline[k]) <= 0.01 for k in baseline), results
     assert results["upright/semcorr"] >= results["upright/opencv"]
     assert results["mirrored/semcorr"] < results["mirrored/semcorr+pose"] - 0.3
     assert results["mirrored/semcorr+pose"] >= results["mirrored/opencv"]

@@ -40,6 +40,7 @@ BENCH_BEST = "256px step 4 bin 12 (size 8.0)"
 WILLOW_CHOSEN_BINS = (16.0, 32.0, 64.0)
 WILLOW_OPENCV = {"held-out": (0.256, 0.441, 0.562), "dev": (0.230, 0.391, 0.503),
                  "all": (0.248, 0.426, 0.544)}  # PCK@0.05/0.10/0.15
+WILLOW_EQUAL_WORK_DEV = 0.379  # PCK@0.10 on the development classes, bins 8+16+32+64
 
 
 def _edge_response(bin_width: float, distance: int) -> float:
@@ -124,7 +125,9 @@ def test_pf_willow_opencv_baseline(pf_willow_root: Path) -> None:
     """The README's PF-Willow OpenCV row, by the script's protocol: the sweep on the development
     classes picks the claimed setting, which then scores on the held-out, development and all
     classes each PCK >= claim - 0.01 (per pair, then per class, then over the classes; one
-    keypoint of the 3 development classes weighs 1/2700)."""
+    keypoint of the 3 development classes weighs 1/2700). The README's equal-work point of the
+    sweep (development PCK@0.10 0.379; measured 0.3785 on 270 pairs, 2026-11-30) is held to the
+    same margin."""
     module = pf_willow_baseline
     equal = equal_work(default_matcher().backbone)
     baseline = module.OpenCVBaseline(equal.long_side, equal.step)
@@ -138,6 +141,7 @@ def test_pf_willow_opencv_baseline(pf_willow_root: Path) -> None:
     report = {"sweep": {s.label(): r.mean(module.DEV_CLASSES).tolist() for s, r in dev.items()},
               "chosen": best.label(), **{k: v.tolist() for k, v in measured.items()}}
     assert best.bins == WILLOW_CHOSEN_BINS, report
+    assert dev[equal].mean(module.DEV_CLASSES)[1] >= WILLOW_EQUAL_WORK_DEV - 0.01, report
     for name, claim in WILLOW_OPENCV.items():
         floor = torch.tensor(claim, dtype=measured[name].dtype) - 0.01
         assert (measured[name] >= floor).all(), report

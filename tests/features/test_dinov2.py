@@ -1,4 +1,11 @@
-"""DINOv2 backbones: loading from save_pretrained folders and official checkpoints, layout."""
+"""DINOv2 backbones: loading from save_pretrained folders and official checkpoints, layout.
+
+The comparisons with ``Dinov2Model`` feed the same tensor to semcorr and to the transformers
+model it wraps: they prove wiring only (which hidden state, which tokens dropped, the reshape).
+Independent references: ``reference_official_dinov2`` in tiny_models.py (a re-statement of the
+official architecture on the raw state dict, for the key conversion) and the official
+facebookresearch/dinov2 code in test_geoaware_recipe.py::test_dino_interpolation_equals_official.
+"""
 
 from __future__ import annotations
 
@@ -74,6 +81,8 @@ class TestRegistry:
 class TestSavePretrained:
     @pytest.mark.parametrize("layer", [-1, 0, 1])
     def test_equals_transformers_forward(self, tiny_dir: Path, layer: int) -> None:
+        """Proves wiring only: tokens of block ``layer`` equal the wrapped ``Dinov2Model``'s
+        hidden state ``layer + 1`` on the same tensor (no resize, pad or normalisation)."""
         backbone = create_backbone("dinov2_vitb14", weights=str(tiny_dir), layer=layer,
                                    num_patches=5)
         images = _images(2, 70)
@@ -92,6 +101,7 @@ class TestSavePretrained:
         assert backbone.info.extra["layer"] == 2
 
     def test_registers_dropped(self, tiny_reg_dir: Path) -> None:
+        """Proves wiring only: the wrapped model's CLS and 4 register tokens are dropped."""
         backbone = create_backbone("dinov2_vits14_reg", weights=str(tiny_reg_dir), num_patches=4)
         images = _images(1, 56, seed=1)
         with torch.no_grad():

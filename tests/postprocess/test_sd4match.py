@@ -107,6 +107,10 @@ class TestPromptModules:
 
 class TestPromptEncoder:
     def test_matches_text_encoder_on_real_tokens(self, single: SD4MatchBackbone) -> None:
+        """Proves wiring only: prompt embeddings fed past the token lookup give the wrapped
+        CLIP text encoder's own output for those tokens (the reference is the library semcorr
+        calls). The released prompt files against the official PromptManager and
+        HybridCaptioner: test_sd4match_official.py."""
         enc = single.text
         ids = enc.token_ids(4, torch.device("cpu"))
         ids[0, 1:5] = torch.tensor([5, 9, 13, 17])

@@ -337,8 +337,10 @@ def _processor():
 
 @pytest.mark.parametrize("size", [(500, 375), (333, 500), (256, 256), (180, 97), (640, 427)])
 def test_cpm_dino_input_equals_the_hf_processor(size: tuple[int, int]) -> None:
-    """Independent of our code: the processor computes the size, resizes, crops and scales
-    itself; we compare the normalised pixels it hands DINOv2."""
+    """Reference: transformers' ``BitImageProcessorPil`` with facebook/dinov2-base's settings,
+    the processor the official pre_compute_dino_feature.py loads (``AutoImageProcessor``).
+    Independent of semcorr's code: it computes the size, resizes, crops and scales itself; we
+    compare the normalised pixels it hands DINOv2."""
     import numpy as np
     from PIL import Image
 

@@ -170,7 +170,10 @@ def _official_utils(name: str):
 
 
 def test_validation_pck_equals_the_official_evaluator() -> None:
-    """nn PCK@0.1 per pair, mean over pairs = PCKEvaluator's ``nn_pck0.1`` (by image)."""
+    """nn PCK@0.1 per pair, mean over pairs = PCKEvaluator's ``nn_pck0.1`` (by image).
+
+    Reference: the official ``utils/evaluator.py`` imported from ../shared/reference, fed the
+    same random feature maps and points; it shares no code with semcorr."""
     evaluator_module = _official_utils("utils.evaluator")
     cfg = SimpleNamespace(EVALUATOR=SimpleNamespace(ALPHA=[0.1], BY="image"))
     evaluator = evaluator_module.PCKEvaluator(cfg)
@@ -196,7 +199,10 @@ def test_validation_pck_equals_the_official_evaluator() -> None:
 
 def test_loss_equals_the_official_loss() -> None:
     """Stretched keypoints, corner-aligned cells, per-pair mean = GaussianCrossEntropyLoss,
-    up to its kernel's sum (it leaves the Gaussian unnormalised; ours sums to 1)."""
+    up to its kernel's sum (it leaves the Gaussian unnormalised; ours sums to 1).
+
+    Reference: the official ``src/loss.py`` imported from ../shared/reference, fed the same
+    random feature maps and points; it shares no code with semcorr."""
     if not (REFERENCE / "src" / "loss.py").is_file():
         pytest.skip(f"{REFERENCE} is absent")
     sys.path.insert(0, str(REFERENCE))

@@ -102,8 +102,11 @@ def test_the_matcher_resolves_the_backbones_prior() -> None:
     semantic, precise = create_backbone("dense-sift"), create_backbone("dense-sift-precise")
     assert Matcher(semantic).prior is None and Matcher(precise).prior is None
     assert Matcher(semantic, prior="affine").prior == AffinePrior()
+    assert Matcher(semantic, prior="affine-local").prior == AffinePrior(sigma=0.1, strength=0.1,
+                                                                         local=0.1)
     assert resolve_prior(AffinePrior(sigma=0.3)) == AffinePrior(sigma=0.3)
-    with pytest.raises(InputError, match="prior must be one of auto, none, affine, not 'tps'"):
+    with pytest.raises(InputError,
+                       match="prior must be one of auto, none, affine, affine-local, not 'tps'"):
         Matcher(semantic, prior="tps")
     with pytest.raises(InputError, match="sigma must be > 0"):
         AffinePrior(sigma=0)

@@ -24,11 +24,16 @@ import torch.nn.functional as F
 
 from semcorr.errors import InputError
 
-__all__ = ["PRIOR_CHOICES", "AffinePrior", "PriorFit", "fit_affine_ransac", "grid_cells",
-           "mutual_nearest_cells", "resolve_prior"]
+__all__ = ["LOCAL_PRIOR", "PRIOR_CHOICES", "AffinePrior", "PriorFit", "fit_affine_ransac",
+           "grid_cells", "mutual_nearest_cells", "resolve_prior"]
 
-#: Names a prior may be given by: the backbone's own, none, or the affine prior's defaults.
-PRIOR_CHOICES: tuple[str, ...] = ("auto", "none", "affine")
+#: Names a prior may be given by: the backbone's own, none, the affine prior's defaults, or
+#: the affine prior with the local refinement (:data:`LOCAL_PRIOR`).
+PRIOR_CHOICES: tuple[str, ...] = ("auto", "none", "affine", "affine-local")
+
+#: ``affine-local``: the best (width, sigma, strength) of the local refinement on the PF-Willow
+#: development classes (``benchmarks/sweep_dense_sift_dev.py --explore``, docs/protocol.md).
+LOCAL_PRIOR: dict[str, float] = {"sigma": 0.1, "strength": 0.1, "local": 0.1}
 
 
 def grid_cells(h: int, w: int, device: torch.device | None = None) -> torch.Tensor:
@@ -254,8 +259,9 @@ class AffinePrior:
 def resolve_prior(prior: AffinePrior | str | None, preferred: object = None
                   ) -> AffinePrior | None:
     """The prior a matcher uses: ``prior`` itself, ``None`` for ``None``/``"none"``, the
-    defaults for ``"affine"``, and for ``"auto"`` the backbone's ``preferred`` settings (a dict
-    of :class:`AffinePrior` fields, or ``None`` for no prior).
+    defaults for ``"affine"``, :data:`LOCAL_PRIOR` for ``"affine-local"``, and for ``"auto"``
+    the backbone's ``preferred`` settings (a dict of :class:`AffinePrior` fields, or ``None``
+    for no prior).
 
     Raises:
         InputError: for another name or a malformed preferred setting.
@@ -268,6 +274,8 @@ def resolve_prior(prior: AffinePrior | str | None, preferred: object = None
         return None
     if prior == "affine":
         return AffinePrior()
+    if prior == "affine-local":
+        return AffinePrior(**LOCAL_PRIOR)
     if not isinstance(preferred, dict):
         raise InputError(f"a backbone's preferred prior must be a dict, not {preferred!r}")
     try:

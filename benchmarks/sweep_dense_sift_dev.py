@@ -2,6 +2,7 @@
 
     python benchmarks/sweep_dense_sift_dev.py --prior-grid [--category CLASS] [--cache DIR]
     python benchmarks/sweep_dense_sift_dev.py [--split dev|heldout|all] [--only NAME ...]
+    python benchmarks/sweep_dense_sift_dev.py --explore [NAME ...] [--full] [--local W,S,K ...]
 
 Every candidate (a backbone setting and a matching setting, listed in ``CANDIDATES``) is scored
 by PCK@0.05/0.10/0.15 (α · the larger side of the target keypoints' box, per pair, then per
@@ -10,8 +11,10 @@ winebottle(M), 270 ordered pairs). Features are computed once per image and back
 reused by every pair and matching setting. ``--prior-grid`` scores every (sigma, strength) of
 the affine prior in ``PRIOR_GRID`` on one fit per pair. The selection was made on ``dev`` (the
 three classes were run as three processes, ``--category``); the held-out classes were measured
-once, for the final candidate (``--split heldout --only "affine s.20 k.10"``). The numbers are
-logged in docs/protocol.md.
+once, for the final candidate (``--split heldout --only "affine s.20 k.10"``). ``--explore``
+scores the backbone settings of ``BACKBONE_GRID`` (bin sizes, input size) and matching variants
+(no prior, the affine prior, its local refinement, ``--full``: every ``LOCAL_GRID`` setting and
+a mutual re-weighting) on one fit per pair. The numbers are logged in docs/protocol.md.
 """
 
 from __future__ import annotations

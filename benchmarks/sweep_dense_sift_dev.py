@@ -2,6 +2,7 @@
 
     python benchmarks/sweep_dense_sift_dev.py --prior-grid [--category CLASS] [--cache DIR]
     python benchmarks/sweep_dense_sift_dev.py [--split dev|heldout|all] [--only NAME ...]
+    python benchmarks/sweep_dense_sift_dev.py --explore [NAME ...] [--full] [--local W,S,K ...]
 
 Every candidate (a backbone setting and a matching setting, listed in ``CANDIDATES``) is scored
 by PCK@0.05/0.10/0.15 (α · the larger side of the target keypoints' box, per pair, then per
@@ -10,8 +11,10 @@ winebottle(M), 270 ordered pairs). Features are computed once per image and back
 reused by every pair and matching setting. ``--prior-grid`` scores every (sigma, strength) of
 the affine prior in ``PRIOR_GRID`` on one fit per pair. The selection was made on ``dev`` (the
 three classes were run as three processes, ``--category``); the held-out classes were measured
-once, for the final candidate (``--split heldout --only "affine s.20 k.10"``). The numbers are
-logged in docs/protocol.md.
+once, for the final candidate (``--split heldout --only "affine s.20 k.10"``). ``--explore``
+scores the backbone settings of ``BACKBONE_GRID`` (bin sizes, input size) and matching variants
+(no prior, the affine prior, its local refinement, ``--full``: every ``LOCAL_GRID`` setting and
+a mutual re-weighting) on one fit per pair. The numbers are logged in docs/protocol.md.
 """
 
 from __future__ import annotations
@@ -110,6 +113,100 @@ def prior_grid(dataset, feature: Callable, matcher: Matcher) -> None:  # noqa: A
               flush=True)
 
 
+#: Backbone settings tried by ``--explore`` (dense-sift options over the ``semantic`` preset).
+BACKBONE_GRID: dict[str, dict] = {
+    "bins 8-64 @256": {},
+    "bins 16-64 @256": {"bin_sizes": (16, 32, 64)},
+    "bins 8-32 @256": {"bin_sizes": (8, 16, 32)},
+    "bins 4-64 @256": {"bin_sizes": (4, 8, 16, 32, 64)},
+    "bins 8-128 @256": {"bin_sizes": (8, 16, 32, 64, 128)},
+    "bins 12-96 @256": {"bin_sizes": (12, 24, 48, 96)},
+    "bins 10-80 @320": {"image_size": 320, "bin_sizes": (10, 20, 40, 80)},
+    "bins 6-48 @192": {"image_size": 192, "bin_sizes": (6, 12, 24, 48)},
+}
+
+
+#: (kernel width, sigma, strength) of the local refinement tried by ``--explore``.
+LOCAL_GRID: tuple[tuple[float, float, float], ...] = (
+    (0.1, 0.2, 0.1), (0.1, 0.1, 0.1), (0.2, 0.15, 0.1), (0.1, 0.15, 0.2), (0.05, 0.1, 0.1),
+)
+
+
+def mutual_variants(source: torch.Tensor, target: torch.Tensor, similarity: torch.Tensor,
+                    cells: torch.Tensor, fit: object, prior: AffinePrior,
+                    lam: float = 0.5) -> dict[str, torch.Tensor]:
+    """Mutual re-weighting of the similarities ``(N, h, w)``: each target cell loses ``lam``
+    times how far its best source match (source ``(C, h, w)`` area-pooled to 32², target
+    ``(C, h, w)`` unit cells) is above the query's similarity (0 when the query is its best
+    match); without and with the affine prior."""
+    pooled = torch.nn.functional.adaptive_avg_pool2d(source[None], 32)
+    pooled = torch.nn.functional.normalize(pooled.flatten(2)[0].t(), dim=1)  # (P, C)
+    back = (pooled @ target.flatten(1)).max(dim=0).values.view(1, *similarity.shape[1:])
+    moved = similarity - lam * (back - similarity).clamp_min(0)
+    return {f"mutual l{lam}": moved,
+            f"mutual l{lam} + affine": prior.apply_fit(moved, cells, fit)}  # type: ignore[arg-type]
+
+
+def explore(dataset, feature: Callable, matcher: Matcher, label: str,  # noqa: ANN001
+            full: bool, local_grid: tuple[tuple[float, float, float], ...]) -> None:
+    """Matching variants on one backbone setting, every pair's similarities and fit computed
+    once: no prior, the affine prior, the local (non-rigid) refinement of its prediction for
+    each (width, sigma, strength) of ``local_grid`` and (``full``) a mutual re-weighting;
+    with the matcher's flip candidate (``pose_align``), the same again in the pose the
+    instance matching distance chooses."""
+    from semcorr.match.pose import mutual_nn_distance
+    from semcorr.match.similarity import cosine_similarity, sample_descriptors
+
+    base = AffinePrior()
+    per_class: dict[str, list[torch.Tensor]] = defaultdict(list)
+    names: list[str] = []
+    for index in range(len(dataset)):
+        sample = dataset.sample(index)
+        source, target = feature(sample.source_path, "s"), feature(sample.target_path, "t")
+        points = torch.stack([sample.source_points[:, 0].clamp(0, source.width - 1),
+                              sample.source_points[:, 1].clamp(0, source.height - 1)], 1)
+        allcells = matcher.query_cells(source, points, None)  # (K, N, 2)
+        unit = torch.nn.functional.normalize(target.features[None], dim=1)
+        valid = target.transform.valid_cells()
+        flips = (False, True) if len(source.poses) > 1 else (False,)
+        distances = torch.stack([mutual_nn_distance(source.features[k:k + 1],
+                                                    target.features[None], max_size=64)
+                                 for k in range(len(source.poses))])[:, 0] if flips[-1] else None
+        rows, names = [], []
+        if index % 30 == 0:
+            print(f"  {label}: pair {index}/{len(dataset)} {time.strftime('%H:%M:%S')}",
+                  flush=True)
+        for flip in flips:
+            k = int(distances.argmin()) if flip else 0
+            cells = allcells[k]
+            queries = sample_descriptors(source.features[k:k + 1], cells[None])
+            similarity = cosine_similarity(queries, unit)[0]  # (N, h, w)
+            fit = base.fit_pair(source.features[k], target.features,
+                                source.transforms[k].valid_cells(), valid)
+            variants = {"none": similarity, "affine s.20 k.10": base.apply_fit(similarity,
+                                                                               cells, fit)}
+            for width, sigma, strength in local_grid:
+                local = AffinePrior(sigma=sigma, strength=strength, local=width)
+                variants[f"local w{width} s{sigma} k{strength}"] = local.apply_fit(
+                    similarity, cells, fit)
+            if full:
+                variants.update(mutual_variants(source.features[k], unit[0], similarity,
+                                                cells, fit, base))
+            for name, scores in variants.items():
+                found, _ = matcher.refiner(scores[None], valid[None])
+                pred = target.transform.from_grid(found[0].float())
+                rows.append(pck_correct(pred, sample.target_points, sample.pck_reference,
+                                        ALPHAS).float().mean(dim=0))
+                names.append(("flip | " if flip else "") + name)
+        per_class[sample.category].append(torch.stack(rows))  # (V, A)
+    table = torch.stack([torch.stack(v).mean(dim=0) for v in per_class.values()])  # (C, V, A)
+    for v, name in enumerate(names):
+        mean = table[:, v].mean(dim=0)
+        classes = "  ".join(f"{c} {float(table[i, v, 1]):.3f}" for i, c in enumerate(per_class))
+        print(f"explore | {label} | {name:32s} | {float(mean[0]):.4f} {float(mean[1]):.4f} "
+              f"{float(mean[2]):.4f} | {classes}", flush=True)
+
+
 def features_of(cache: dict, key: tuple, matcher: Matcher, folder: Path | None) -> Callable:
     """``feature(path, role)``: the image's features in the matcher's poses, computed once per
     backbone setting (kept in memory, and in ``folder`` when given; features with more poses
@@ -153,9 +250,29 @@ def main() -> None:
                         help="score every setting of PRIOR_GRID (one affine fit per pair)")
     parser.add_argument("--cache", type=Path, default=None,
                         help="folder keeping the features between runs (trusted files only)")
+    parser.add_argument("--explore", nargs="*", default=None,
+                        help="BACKBONE_GRID names (none: all) scored with every matching variant")
+    parser.add_argument("--full", action="store_true",
+                        help="--explore: every LOCAL_GRID setting and the mutual re-weighting")
+    parser.add_argument("--local", nargs="*", default=["0.1,0.2,0.1"],
+                        help="--explore without --full: local refinements WIDTH,SIGMA,STRENGTH")
+    parser.add_argument("--flip", action="store_true",
+                        help="--explore: also the flip candidate (pose alignment)")
     args = parser.parse_args()
     dataset = create_dataset("pf-willow", args.root, split=args.split, category=args.category)
     cache: dict[tuple, object] = {}
+    if args.explore is not None:
+        for label, options in BACKBONE_GRID.items():
+            if args.explore and label not in args.explore:
+                continue
+            matcher = Matcher(create_backbone("dense-sift", **options), refine="window",
+                              pose_align=args.flip)
+            key = tuple(sorted(options.items()))
+            grid = LOCAL_GRID if args.full else tuple(
+                tuple(float(v) for v in item.split(",")) for item in args.local)
+            explore(dataset, features_of(cache, key, matcher, args.cache), matcher, label,
+                    args.full, grid)
+        return
     if args.prior_grid:
         matcher = Matcher(create_backbone("dense-sift"), refine="window")
         prior_grid(dataset, features_of(cache, (), matcher, args.cache), matcher)

@@ -564,10 +564,10 @@ class Matcher:
             use = torch.where(flipping[k] & ~flip_keep.cpu(), 0, k).to(cells.device)  # (N,)
             adjusted = similarity[i]
             for pose in use.unique().tolist():
-                matrix, _ = self.prior.fit(source.features[pose], features[i],
-                                           source.transforms[pose].valid_cells(features.device),
-                                           valid[i])
-                moved = self.prior.apply(similarity[i], cells[pose], matrix)
+                fit = self.prior.fit_pair(source.features[pose], features[i],
+                                          source.transforms[pose].valid_cells(features.device),
+                                          valid[i])
+                moved = self.prior.apply_fit(similarity[i], cells[pose], fit)
                 adjusted = torch.where((use == pose)[:, None, None], moved, adjusted)
             rows.append(adjusted)
         return torch.stack(rows)

@@ -170,3 +170,27 @@ def test_full_pf_willow_with_the_affine_prior(pf_willow_root: Path, tmp_path: Pa
                     for a in ("0.05", "0.10", "0.15")]
         assert all(m >= c - 0.01 for m, c in zip(measured, claims, strict=True)), (
             classes, measured)
+
+
+@pytest.mark.slow
+def test_pf_willow_with_the_local_refinement(pf_willow_root: Path, tmp_path: Path) -> None:
+    """The README's `--prior affine-local` row, dev and held-out (docs/protocol.md), each
+    PCK@0.05/0.10/0.15 failing below its claim minus 0.01. Its width 0.1, sigma 0.1 and strength
+    0.1 were chosen on the dev classes (benchmarks/sweep_dense_sift_dev.py --explore, which
+    scores the same fit and prior as the Matcher): dev 0.2730/0.4689/0.5993, held-out
+    0.2803/0.4778/0.6105 (once, --split heldout). Through `semcorr eval --category
+    winebottle(M)` the class gave the sweep's PCK@0.10 0.694 (0.509/0.694/0.773, 104 s); the
+    900-pair test itself was not run before the deadline."""
+    assert main(["eval", "--dataset", "pf-willow", "--root", str(pf_willow_root), "--split",
+                 "all", "--prior", "affine-local", "--out", str(tmp_path), "--quiet"]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["pairs"] == 900 and results["skipped"] == 0
+    assert results["config"]["matcher"]["prior"]["local"] == 0.1
+    per_class = results["per_category"]
+    held_out = sorted(set(per_class) - set(DEV_CLASSES))
+    for classes, claims in ((DEV_CLASSES, (0.273, 0.469, 0.599)),
+                            (held_out, (0.280, 0.478, 0.611))):
+        measured = [sum(per_class[c][a]["per_image"] for c in classes) / len(classes)
+                    for a in ("0.05", "0.10", "0.15")]
+        assert all(m >= c - 0.01 for m, c in zip(measured, claims, strict=True)), (
+            classes, measured)

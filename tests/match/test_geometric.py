@@ -11,6 +11,7 @@ from semcorr.errors import InputError
 from semcorr.features.dense_sift import DenseSIFT
 from semcorr.match.geometric import (
     AffinePrior,
+    PriorFit,
     fit_affine_ransac,
     grid_cells,
     mutual_nearest_cells,
@@ -62,6 +63,36 @@ def test_the_prior_breaks_a_near_tie_toward_the_predicted_cell() -> None:
     assert torch.equal(grid_cells(2, 3)[4], torch.tensor([1.0, 1.0]))
 
 
+def test_the_local_refinement_follows_a_locally_moved_part() -> None:
+    """Anchors on a 64-cell grid: the left half follows the affine map (the identity), the
+    right half is moved by (4, -2) cells. With ``local`` the prediction of a point deep in each
+    half follows its half (the Gaussian mean of the residuals, shrunk by 1 unit of weight);
+    without, the affine map alone. ``fit_pair`` gives no weight to an anchor beyond
+    ``local_bound``."""
+    anchors = grid_cells(16, 16) * 4 + 2  # (256, 2) on a 64-cell grid
+    residuals = torch.where(anchors[:, :1] >= 32, torch.tensor([4.0, -2.0]), torch.zeros(2))
+    prior = AffinePrior(local=0.05)  # Gaussian of 3.2 cells
+    fit = PriorFit(torch.eye(3, 2), anchors, residuals, torch.ones(256))
+    cells = torch.tensor([[10.0, 30.0], [54.0, 30.0]])
+    predicted = prior.predict(cells, fit, side=64)
+    weight = torch.exp(-torch.cdist(cells[1:], anchors) ** 2 / (2 * 3.2**2)).sum()
+    assert torch.allclose(predicted[0], cells[0], atol=1e-4)
+    expected = cells[1] + torch.tensor([4.0, -2.0]) * weight / (weight + 1)
+    assert torch.allclose(predicted[1], expected, atol=1e-4)
+    assert float(weight / (weight + 1)) > 0.8
+    assert torch.equal(AffinePrior().predict(cells, fit, side=64), cells)
+    # fit_pair on a shifted map: the fit is the shift; the anchors that wrapped round (the
+    # roll's far edge) are beyond local_bound and get no weight, the others no residual
+    features = torch.randn(16, 20, 20, generator=torch.Generator().manual_seed(1))
+    shifted = torch.roll(features, shifts=(2, 3), dims=(1, 2))
+    valid = torch.ones(20, 20, dtype=torch.bool)
+    pair = AffinePrior(local=0.1, local_bound=0.3).fit_pair(features, shifted, valid, valid)
+    assert torch.allclose(pair.matrix[2], torch.tensor([3.0, 2.0]), atol=1e-3)
+    wrapped = pair.residuals.norm(dim=1) > 6
+    assert wrapped.any() and (pair.weights[wrapped] == 0).all()
+    assert torch.allclose(pair.residuals[~wrapped], torch.zeros(1, 2), atol=1e-3)
+
+
 def test_the_matcher_resolves_the_backbones_prior() -> None:
     """``auto`` takes the backbone's preferred prior (none for the presets today: the prior is
     opt-in until it is measured on the held-out classes, docs/protocol.md)."""
@@ -71,8 +102,11 @@ def test_the_matcher_resolves_the_backbones_prior() -> None:
     semantic, precise = create_backbone("dense-sift"), create_backbone("dense-sift-precise")
     assert Matcher(semantic).prior is None and Matcher(precise).prior is None
     assert Matcher(semantic, prior="affine").prior == AffinePrior()
+    assert Matcher(semantic, prior="affine-local").prior == AffinePrior(sigma=0.1, strength=0.1,
+                                                                         local=0.1)
     assert resolve_prior(AffinePrior(sigma=0.3)) == AffinePrior(sigma=0.3)
-    with pytest.raises(InputError, match="prior must be one of auto, none, affine, not 'tps'"):
+    with pytest.raises(InputError,
+                       match="prior must be one of auto, none, affine, affine-local, not 'tps'"):
         Matcher(semantic, prior="tps")
     with pytest.raises(InputError, match="sigma must be > 0"):
         AffinePrior(sigma=0)

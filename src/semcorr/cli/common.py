@@ -165,7 +165,8 @@ def add_refine_options(parser: argparse.ArgumentParser) -> None:
                         help="try the flipped source too and keep the closer pose per target")
     parser.add_argument("--prior", default="auto", choices=PRIOR_CHOICES,
                         help="global affine prior of the matches: auto (the backbone's own, "
-                        "e.g. dense-sift's; none for the others), none, or affine (defaults)")
+                        "e.g. dense-sift's; none for the others), none, affine (defaults) or "
+                        "affine-local (with a local refinement of the fit)")
 
 
 def refine_settings(args: argparse.Namespace, backbone: Backbone) -> dict[str, Any]:

@@ -7,6 +7,12 @@ triples; the prior subtracts ``strength * d² / (2 sigma²)`` from each cosine s
 the distance in cells to the predicted position (so it moves an argmax only between candidates
 whose similarities are close). Everything is batched over the RANSAC hypotheses; no loop runs
 over points or cells.
+
+Optionally (``local`` > 0) the prediction is refined locally, a non-rigid correction of the
+global fit: each point's predicted position moves by the Gaussian-weighted mean residual
+(target cell minus its affine image) of the mutual neighbours near it in the source, counting
+only those within ``local_bound`` of the fit and shrunk towards no correction where few are
+near.
 """
 
 from __future__ import annotations
@@ -18,11 +24,16 @@ import torch.nn.functional as F
 
 from semcorr.errors import InputError
 
-__all__ = ["PRIOR_CHOICES", "AffinePrior", "fit_affine_ransac", "grid_cells",
-           "mutual_nearest_cells", "resolve_prior"]
+__all__ = ["LOCAL_PRIOR", "PRIOR_CHOICES", "AffinePrior", "PriorFit", "fit_affine_ransac",
+           "grid_cells", "mutual_nearest_cells", "resolve_prior"]
 
-#: Names a prior may be given by: the backbone's own, none, or the affine prior's defaults.
-PRIOR_CHOICES: tuple[str, ...] = ("auto", "none", "affine")
+#: Names a prior may be given by: the backbone's own, none, the affine prior's defaults, or
+#: the affine prior with the local refinement (:data:`LOCAL_PRIOR`).
+PRIOR_CHOICES: tuple[str, ...] = ("auto", "none", "affine", "affine-local")
+
+#: ``affine-local``: the best (width, sigma, strength) of the local refinement on the PF-Willow
+#: development classes (``benchmarks/sweep_dense_sift_dev.py --explore``, docs/protocol.md).
+LOCAL_PRIOR: dict[str, float] = {"sigma": 0.1, "strength": 0.1, "local": 0.1}
 
 
 def grid_cells(h: int, w: int, device: torch.device | None = None) -> torch.Tensor:
@@ -131,6 +142,23 @@ def fit_affine_ransac(
     return (refit[0] if bool(solvable[0]) else identity), best
 
 
+def _affine(points: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """Points ``(N, 2)`` through the affine map ``(3, 2)``."""
+    return torch.cat([points, torch.ones_like(points[:, :1])], dim=1) @ matrix
+
+
+@dataclasses.dataclass(frozen=True)
+class PriorFit:
+    """One pair's fit: the affine map ``(3, 2)`` and the anchors of the local refinement, the
+    source cells ``(M, 2)`` of the mutual neighbours, their residuals to the map ``(M, 2)`` and
+    weights ``(M,)`` (zero for a neighbour the refinement does not use)."""
+
+    matrix: torch.Tensor
+    anchors: torch.Tensor
+    residuals: torch.Tensor
+    weights: torch.Tensor
+
+
 @dataclasses.dataclass(frozen=True)
 class AffinePrior:
     """Favour matches near the position a global affine fit predicts (see module docstring).
@@ -145,6 +173,12 @@ class AffinePrior:
         fit_grid: cells per side of the grid the mutual nearest neighbours are found on.
         threshold: RANSAC inlier distance, as a fraction of the grid's side.
         iterations: RANSAC hypotheses.
+        local: width of the local refinement's Gaussian, as a fraction of the grid's side
+            (``0``: none, the affine prediction alone).
+        local_bound: a mutual neighbour farther than this (fraction of the side) from the
+            affine prediction does not take part in the local refinement.
+        local_shrink: weight of the "no correction" term in the local mean (a point with
+            fewer near neighbours moves less).
     """
 
     sigma: float = 0.2
@@ -152,11 +186,16 @@ class AffinePrior:
     fit_grid: int = 32
     threshold: float = 0.08
     iterations: int = 256
+    local: float = 0.0
+    local_bound: float = 0.2
+    local_shrink: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("sigma", "strength", "threshold"):
+        for name in ("sigma", "strength", "threshold", "local_bound", "local_shrink"):
             if not getattr(self, name) > 0:
                 raise InputError(f"affine prior: {name} must be > 0")
+        if not self.local >= 0:
+            raise InputError("affine prior: local must be >= 0")
         if self.fit_grid < 2 or self.iterations < 1:
             raise InputError("affine prior: fit_grid must be >= 2 and iterations >= 1")
 
@@ -171,12 +210,46 @@ class AffinePrior:
                                             self.iterations)
         return matrix, int(inliers.sum())
 
+    def fit_pair(self, source: torch.Tensor, target: torch.Tensor, source_valid: torch.Tensor,
+                 target_valid: torch.Tensor) -> PriorFit:
+        """:meth:`fit`, with the anchors of the local refinement (features ``(C, h, h)``,
+        valid cells ``(h, h)``)."""
+        src, trg, sim = mutual_nearest_cells(source, target, source_valid, target_valid,
+                                             self.fit_grid)
+        side = source.shape[-1]
+        matrix, _ = fit_affine_ransac(src, trg, sim.clamp_min(0), self.threshold * side,
+                                      self.iterations)
+        residuals = trg - _affine(src, matrix)
+        near = residuals.norm(dim=1) < self.local_bound * side
+        return PriorFit(matrix, src, residuals, sim.clamp_min(0) * near)
+
+    def predict(self, cells: torch.Tensor, fit: PriorFit, side: int) -> torch.Tensor:
+        """Predicted target cells ``(N, 2)`` of the query cells ``(N, 2)`` on a grid of
+        ``side`` cells: the affine map, plus the local correction when ``local`` > 0."""
+        predicted = _affine(cells, fit.matrix)
+        if self.local == 0 or fit.anchors.shape[0] == 0:
+            return predicted
+        squared = torch.cdist(cells, fit.anchors) ** 2  # (N, M)
+        kernel = torch.exp(-squared / (2 * (self.local * side) ** 2)) * fit.weights[None]
+        correction = kernel @ fit.residuals / (kernel.sum(dim=1, keepdim=True)
+                                               + self.local_shrink)
+        return predicted + correction
+
     def apply(self, scores: torch.Tensor, cells: torch.Tensor, matrix: torch.Tensor
               ) -> torch.Tensor:
         """Similarities ``(N, h, w)`` of the query cells ``(N, 2)`` (source grid) with the
         prior of ``matrix`` ``(3, 2)`` subtracted."""
+        return self.penalise(scores, _affine(cells, matrix))
+
+    def apply_fit(self, scores: torch.Tensor, cells: torch.Tensor, fit: PriorFit
+                  ) -> torch.Tensor:
+        """:meth:`apply` around :meth:`predict`'s positions (the local refinement's)."""
+        return self.penalise(scores, self.predict(cells, fit, scores.shape[-1]))
+
+    def penalise(self, scores: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
+        """Similarities ``(N, h, w)`` less ``strength * d² / (2 (sigma * w)²)``, ``d`` the
+        distance of each cell to the point's predicted cell ``(N, 2)``."""
         n, h, w = scores.shape
-        predicted = torch.cat([cells, torch.ones_like(cells[:, :1])], dim=1) @ matrix  # (N, 2)
         grid = grid_cells(h, w, scores.device)  # (h*w, 2)
         squared = ((grid[None] - predicted[:, None]) ** 2).sum(dim=-1).view(n, h, w)
         scale = (self.sigma * w) ** 2
@@ -186,8 +259,9 @@ class AffinePrior:
 def resolve_prior(prior: AffinePrior | str | None, preferred: object = None
                   ) -> AffinePrior | None:
     """The prior a matcher uses: ``prior`` itself, ``None`` for ``None``/``"none"``, the
-    defaults for ``"affine"``, and for ``"auto"`` the backbone's ``preferred`` settings (a dict
-    of :class:`AffinePrior` fields, or ``None`` for no prior).
+    defaults for ``"affine"``, :data:`LOCAL_PRIOR` for ``"affine-local"``, and for ``"auto"``
+    the backbone's ``preferred`` settings (a dict of :class:`AffinePrior` fields, or ``None``
+    for no prior).
 
     Raises:
         InputError: for another name or a malformed preferred setting.
@@ -200,6 +274,8 @@ def resolve_prior(prior: AffinePrior | str | None, preferred: object = None
         return None
     if prior == "affine":
         return AffinePrior()
+    if prior == "affine-local":
+        return AffinePrior(**LOCAL_PRIOR)
     if not isinstance(preferred, dict):
         raise InputError(f"a backbone's preferred prior must be a dict, not {preferred!r}")
     try:

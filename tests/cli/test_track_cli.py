@@ -71,10 +71,13 @@ def test_print_config_shows_dift_settings(capsys: pytest.CaptureFixture) -> None
     assert shown["backbone"] == "sd21"
     assert shown["backbone_options"]["timestep"] == 51
     assert shown["backbone_options"]["ensemble"] == 8
+    assert shown["mask_normalise"] == "minmax"  # DIFT's norm_mask
     assert main(["track", "--preset", "dift-jhmdb", "--topk", "5", "--print-config"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["propagation"]["topk"] == 5 and shown["propagation"]["context"] == 20
     assert shown["published"] is False
+    assert main(["track", "--mask-normalise", "none", "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["mask_normalise"] == "none"
 
 
 def _files(out: Path) -> dict[str, bytes]:

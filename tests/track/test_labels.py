@@ -60,3 +60,16 @@ def test_labels_to_mask_norm_mask() -> None:
     labels[0, 0, 0] = 0.8
     labels[1, 0, 0] = 0.3
     assert labels_to_mask(labels, (2, 2)).tolist() == [[1, 0], [0, 0]]
+
+
+def test_labels_to_mask_without_normalisation() -> None:
+    # the same labels as above: without DIFT's rescaling the background's 0.8 beats the 0.3
+    labels = torch.zeros(2, 2, 2)
+    labels[0] = 0.9
+    labels[0, 0, 0] = 0.8
+    labels[1, 0, 0] = 0.3
+    assert labels_to_mask(labels, (2, 2), "none").tolist() == [[0, 0], [0, 0]]
+    labels[1, 1, 1] = 0.95  # an object outweighing the background still wins
+    assert labels_to_mask(labels, (2, 2), "none").tolist() == [[0, 0], [0, 1]]
+    with pytest.raises(InputError, match="minmax, none"):
+        labels_to_mask(labels, (2, 2), "softmax")

@@ -85,8 +85,9 @@ def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
     config = PropagationConfig(**{**asdict(base), **given})
     sigma = args.sigma if args.sigma is not None else (preset.sigma if preset else 0.5)
     positive_number("--sigma", sigma)
+    mask_normalise = args.mask_normalise or (preset.mask_normalise if preset else "minmax")
     return {"preset": args.preset, "backbone": backbone, "backbone_options": options,
-            "propagation": asdict(config), "sigma": sigma,
+            "propagation": asdict(config), "sigma": sigma, "mask_normalise": mask_normalise,
             "source": preset.source if preset else "semcorr defaults",
             "published": preset.published if preset else None}
 
@@ -159,6 +160,7 @@ def run_track(args: argparse.Namespace) -> Path:
             backbone, cache, frames, out, config, points=found["points"], mask=found["mask"],
             palette=found["palette"], sigma=settings["sigma"], overlay=True,
             video=have_av() and not args.no_video, progress=bar.update,
+            mask_normalise=settings["mask_normalise"],
         )
     if not args.quiet:
         print(f"tracked {len(frames)} frame(s) in {result.seconds:.1f} s: "
@@ -196,6 +198,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from semcorr.track import PRESETS
+    from semcorr.track.labels import MASK_NORMALISE
 
     parser = subparsers.add_parser(
         "track", help="propagate first-frame points and masks through a video",
@@ -224,6 +227,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="softmax temperature on cosine affinities (default 0.1)")
     parser.add_argument("--sigma", type=float, default=None,
                         help="Gaussian of a first-frame point in cells (default 0.5, CRW)")
+    parser.add_argument("--mask-normalise", default=None, choices=MASK_NORMALISE,
+                        help="mask read-out: minmax = DIFT's per-channel rescaling (default), "
+                             "none = the propagated weights as they are")
     parser.add_argument("--cache", default=None, help="feature cache folder (default OUT/cache)")
     parser.add_argument("--cache-dtype", default="float16",
                         choices=["float32", "float16", "bfloat16", "int8"],

@@ -31,7 +31,9 @@ from torch import Tensor
 from semcorr.conventions import UNMATCHED, check_shape
 from semcorr.errors import InputError
 
-__all__ = ["labels_to_mask", "labels_to_points", "mask_to_labels", "points_to_labels"]
+__all__ = [
+    "MASK_NORMALISE", "labels_to_mask", "labels_to_points", "mask_to_labels", "points_to_labels",
+]
 
 
 def points_to_labels(points: Tensor, size: tuple[int, int], grid: tuple[int, int],
@@ -124,23 +126,37 @@ def mask_to_labels(mask: Tensor, num_objects: int | None = None,
     return F.one_hot(mask.long(), num_objects + 1).permute(2, 0, 1).float()
 
 
-def labels_to_mask(labels: Tensor, size: tuple[int, int]) -> Tensor:
-    """Soft labels → index mask at ``size`` (DIFT: bilinear upsampling, ``norm_mask``,
-    argmax).
+#: Mask read-outs of :func:`labels_to_mask`: DIFT's per-channel min-max rescaling, or none.
+MASK_NORMALISE = ("minmax", "none")
+
+
+def labels_to_mask(labels: Tensor, size: tuple[int, int], normalise: str = "minmax") -> Tensor:
+    """Soft labels → index mask at ``size``: bilinear upsampling, an optional per-channel
+    rescaling, argmax.
+
+    ``normalise="minmax"`` is DIFT's ``norm_mask``: each channel is rescaled to ``[0, 1]`` over
+    the frame, so an object channel reaches 1 somewhere even when the object is out of view.
+    ``"none"`` compares the propagated weights as they are (they sum to 1 over the channels),
+    so an object wins a pixel only where it outweighs the background.
 
     Args:
         labels: ``(K, h, w)`` soft labels, channel 0 the background.
         size: ``(H, W)`` of the output.
+        normalise: ``"minmax"`` (DIFT) or ``"none"``.
 
     Returns:
         ``(H, W)`` int64 indices in ``[0, K)``.
     """
     check_shape(labels, "K h w", "labels")
+    if normalise not in MASK_NORMALISE:
+        raise InputError(f"mask normalisation must be one of {', '.join(MASK_NORMALISE)}, "
+                         f"got {normalise!r}")
     up = F.interpolate(labels[None].float(), size=tuple(size), mode="bilinear",
                        align_corners=False)[0]
-    low = up.amin(dim=(1, 2), keepdim=True)
-    high = up.amax(dim=(1, 2), keepdim=True)
-    span = high - low
-    scaled = (up - low) / torch.where(span > 0, span, 1.0)  # a flat channel becomes 0
-    up = torch.where(high > 0, scaled, up)
+    if normalise == "minmax":
+        low = up.amin(dim=(1, 2), keepdim=True)
+        high = up.amax(dim=(1, 2), keepdim=True)
+        span = high - low
+        scaled = (up - low) / torch.where(span > 0, span, 1.0)  # a flat channel becomes 0
+        up = torch.where(high > 0, scaled, up)
     return up.argmax(0)

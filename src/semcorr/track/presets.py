@@ -38,6 +38,7 @@ class TrackPreset:
         image_size: side of the backbone input in pixels.
         propagation: context, top-k, radius, temperature.
         sigma: Gaussian of first-frame points, in cells.
+        mask_normalise: the mask read-out (``"minmax"``: DIFT's ``norm_mask``).
         source: where the numbers come from.
         published: whether every number is the source's own published setting.
     """
@@ -47,6 +48,7 @@ class TrackPreset:
     image_size: int | None = None
     propagation: PropagationConfig = PropagationConfig()
     sigma: float = 0.5
+    mask_normalise: str = "minmax"
     source: str = ""
     published: bool = True
 

@@ -35,7 +35,13 @@ from semcorr.features.cache import FeatureCache, cached_features
 from semcorr.features.fusion import resample_parts
 from semcorr.geometry import ResizePad
 from semcorr.io import open_image
-from semcorr.track.labels import labels_to_mask, labels_to_points, mask_to_labels, points_to_labels
+from semcorr.track.labels import (
+    MASK_NORMALISE,
+    labels_to_mask,
+    labels_to_points,
+    mask_to_labels,
+    points_to_labels,
+)
 from semcorr.track.outputs import (
     coco_keypoints,
     davis_palette,
@@ -106,9 +112,11 @@ def _mask_on_square(mask: torch.Tensor, transform: ResizePad) -> torch.Tensor:
     return square
 
 
-def _mask_from_square(labels: torch.Tensor, transform: ResizePad) -> torch.Tensor:
-    """Soft labels ``(K, h, w)`` on the square's grid → index mask ``(H, W)`` of the frame."""
-    square = labels_to_mask(labels, (transform.size, transform.size))
+def _mask_from_square(labels: torch.Tensor, transform: ResizePad,
+                      normalise: str = "minmax") -> torch.Tensor:
+    """Soft labels ``(K, h, w)`` on the square's grid → index mask ``(H, W)`` of the frame
+    (``normalise``: :func:`~semcorr.track.labels.labels_to_mask`'s read-out)."""
+    square = labels_to_mask(labels, (transform.size, transform.size), normalise)
     w, h = transform.resized
     left, top = transform.pad
     crop = square[top:top + h, left:left + w].numpy().astype(np.uint8)
@@ -140,6 +148,7 @@ def track_clip(
     overlay: bool = True,
     video: bool = False,
     progress: Callable[[int], None] | None = None,
+    mask_normalise: str = "minmax",
 ) -> TrackResult:
     """Track first-frame ``points`` ``(P, 2)`` and/or an index ``mask`` ``(H, W)`` through
     ``frames`` and write ``out/points.json``, ``out/masks/*.png``, ``out/overlay.jpg``
@@ -157,9 +166,14 @@ def track_clip(
         sigma: Gaussian of a point's heatmap, in cells.
         overlay, video: write the overlay strip / the overlay mp4.
         progress: called with 1 after each frame.
+        mask_normalise: the mask read-out, ``"minmax"`` (DIFT's ``norm_mask``) or ``"none"``
+            (:func:`~semcorr.track.labels.labels_to_mask`).
     """
     if points is None and mask is None:
         raise InputError("nothing to track: give --points and/or --mask")
+    if mask_normalise not in MASK_NORMALISE:
+        raise InputError(f"--mask-normalise must be one of {', '.join(MASK_NORMALISE)}, "
+                         f"got {mask_normalise!r}")
     start = time.perf_counter()
     sizes = frame_sizes(frames)
     palette = davis_palette() if palette is None else palette
@@ -184,8 +198,8 @@ def track_clip(
                 track_scores.append(s)
         if mask is not None:
             name = out / "masks" / f"{t:05d}.png"
-            frame_mask = first_mask if t == 0 else _mask_from_square(labels[num_points:],
-                                                                     transform)
+            frame_mask = first_mask if t == 0 else _mask_from_square(
+                labels[num_points:], transform, mask_normalise)
             write_index_png(name, frame_mask, palette)
             mask_files.append(name)
         if progress is not None:

@@ -16,6 +16,16 @@
 
 The plan is rebuilt from the network's current weights at every extraction (folding ~0.5 M
 parameters takes milliseconds), so it can never be stale.
+
+Measured and not adopted (published weights, 600x400, torch 2.13, 2-core AVX2 CPU, interleaved,
+load average 7-13; see issue #21's notes): oneDNN's direct convolution already runs every layer
+at this CPU's fp32 GEMM rate (23 GFLOP/s against 18 for the equivalent im2col ``matmul``), and a
+dilated layer runs as fast as the same layer dense, so a polyphase rewrite only adds copies
+(0.44-0.60x). NNPACK's fast 3x3 convolution (one call per polyphase sub-grid) was 1.1-1.96x per
+wide 3x3 layer but only 1.03-1.27x for the whole extraction (the three 2x2 layers, about half of
+the time, have no faster kernel), through a private torch entry point, and its rounding moved one
+keypoint in 4,567 by a pixel at an NMS near tie. A Winograd F(3x3, 2x2) in torch ops for the 2x2
+layers was exact to 7e-7 but 2.1-2.5x slower (its transforms are memory passes).
 """
 
 from __future__ import annotations

@@ -22,6 +22,17 @@ from track_clips import bundled_clip, photo_clip, read_masks, save_clip
 SIZE = (120, 160)
 
 
+#: The README's table ("Tracking through video"), measured in one run; each test fails below a
+#: figure minus MARGIN (the issue's own bounds, PCK@0.05 >= 0.9 and in-view J >= 0.8, also hold).
+README_FIGURES = {
+    ("leaving", "photo_clip"): {"pck": 0.955, "after": 1.000, "j": 0.692},
+    ("leaving", "bundled_clip"): {"pck": 0.976, "after": 1.000, "j": 0.681},
+    ("in view", "photo_clip"): {"pck": 0.951, "j": 0.901},
+    ("in view", "bundled_clip"): {"pck": 0.955, "j": 0.851},
+}
+MARGIN = 0.01
+
+
 def _track(clip: SyntheticClip, tmp: Path) -> tuple[torch.Tensor, torch.Tensor]:
     frames = save_clip(clip, tmp / "frames")
     backbone = create_backbone("dense-sift", image_size=160, bin_sizes=(4, 8, 16)).eval()
@@ -44,8 +55,10 @@ def test_points_through_an_object_leaving_and_reentering(make, tmp_path: Path) -
     print(f"\n{make.__name__} leaving: PCK@0.05 {overall:.3f} (background "
           f"{pck(points[1:, :9], clip.points[1:, :9], SIZE):.3f}, object after re-entry "
           f"{after:.3f}); J {iou.mean():.3f}")
-    assert overall >= 0.9
-    assert after >= 0.9
+    claim = README_FIGURES[("leaving", make.__name__)]
+    assert overall >= max(0.9, claim["pck"] - MARGIN)
+    assert after >= max(0.9, claim["after"] - MARGIN)
+    assert iou.mean() >= claim["j"] - MARGIN
 
 
 @pytest.mark.slow
@@ -56,4 +69,6 @@ def test_mask_of_an_object_moving_in_view(make, tmp_path: Path) -> None:
     iou = mask_iou(masks[1:], clip.masks[1:])
     print(f"\n{make.__name__} in view: J {iou.mean():.3f} (min {iou.min():.3f}); PCK@0.05 "
           f"{pck(points[1:], clip.points[1:], SIZE):.3f}")
-    assert iou.mean() >= 0.8
+    claim = README_FIGURES[("in view", make.__name__)]
+    assert iou.mean() >= max(0.8, claim["j"] - MARGIN)
+    assert pck(points[1:], clip.points[1:], SIZE) >= max(0.9, claim["pck"] - MARGIN)

@@ -1,0 +1,82 @@
+"""Choose ``semcorr track``'s dense-sift bin sizes on a development clip.
+
+The clip shares no photograph with the clips the README reports (Brooklyn + peppers, Chelsea +
+mirrored Chelsea): the boat photo as the scene and a 300 x 300 crop of Graffiti's first image as
+the object, 40 frames of 160 x 120, the object leaving the frame and coming back. For each bin
+setting it prints PCK@0.05 over all points (and the 9 background points, and the object's points
+after re-entry) and the mask's mean IoU (J), with the default propagation settings.
+
+    python benchmarks/sweep_track_dev.py 4-8-16 2-4-8 4-8 4-8-16-32 8-16 8-16-32-64
+
+Needs ``../shared`` (boat.png and Graffiti); about a minute per setting on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the clip writer and reader the tests use
+
+from semcorr.features import create_backbone  # noqa: E402
+from semcorr.features.cache import FeatureCache  # noqa: E402
+from semcorr.io import load_image  # noqa: E402
+from semcorr.track import PropagationConfig  # noqa: E402
+from semcorr.track.run import track_clip  # noqa: E402
+from semcorr.track.synthetic import SyntheticClip, make_clip, mask_iou, pck  # noqa: E402
+from track_clips import read_masks, save_clip  # noqa: E402
+
+SIZE = (120, 160)
+SHARED = ROOT.parent / "shared" / "data"
+
+
+def _resized(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return F.interpolate(image[None], size=size, mode="bilinear", antialias=True)[0]
+
+
+def dev_clip() -> SyntheticClip:
+    """Boat scene, Graffiti patch, 40 frames, the object leaves and re-enters."""
+    h, w = SIZE
+    scene = _resized(load_image(SHARED / "r2d2" / "boat.png"), (2 * h, int(2.4 * w)))
+    graffiti = load_image(SHARED / "homography" / "graffiti" / "img1.png")
+    patch = _resized(graffiti[:, 200:500, 300:600], (h // 3, h // 3))
+    return make_clip(scene, patch, 40, SIZE, leaves=True)
+
+
+def score(clip: SyntheticClip, bins: tuple[int, ...]) -> str:
+    """Track ``clip`` with dense-sift at ``bins`` and format its figures."""
+    with tempfile.TemporaryDirectory() as folder:
+        tmp = Path(folder)
+        frames = save_clip(clip, tmp / "frames")
+        backbone = create_backbone("dense-sift", image_size=160, bin_sizes=bins).eval()
+        result = track_clip(backbone, FeatureCache.for_backbone(tmp / "cache", backbone), frames,
+                            tmp / "out", PropagationConfig(), points=clip.points[0],
+                            mask=clip.masks[0], overlay=False)
+        points, masks = result.points, read_masks(result.masks)
+    return (f"PCK@0.05 {pck(points[1:], clip.points[1:], SIZE):.3f} "
+            f"(background {pck(points[1:, :9], clip.points[1:, :9], SIZE):.3f}, "
+            f"object after re-entry {pck(points[25:, 9:], clip.points[25:, 9:], SIZE):.3f}) "
+            f"J {mask_iou(masks[1:], clip.masks[1:]).mean():.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("bins", nargs="+", help="bin sizes per setting, e.g. 4-8-16")
+    args = parser.parse_args()
+    clip = dev_clip()
+    for setting in args.bins:
+        bins = tuple(int(b) for b in setting.split("-"))
+        start = time.perf_counter()
+        print(f"bins {setting}: {score(clip, bins)} ({time.perf_counter() - start:.0f} s)",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()

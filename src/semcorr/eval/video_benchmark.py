@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from semcorr.data.video import VideoDataset, VideoSample, write_index_png
 from semcorr.errors import InputError
@@ -36,14 +35,8 @@ from semcorr.eval.video import (
 from semcorr.features.base import Backbone
 from semcorr.geometry import ResizePad
 from semcorr.io import atomic_write_json, load_image
-from semcorr.track import (
-    LabelPropagator,
-    PropagationConfig,
-    labels_to_mask,
-    labels_to_points,
-    mask_to_labels,
-    points_to_labels,
-)
+from semcorr.track import LabelPropagator, PropagationConfig, mask_to_labels, points_to_labels
+from semcorr.track.run import mask_from_square, mask_on_square, points_from_square
 
 __all__ = ["evaluate_videos", "propagate_masks", "propagate_points", "video_table"]
 
@@ -57,39 +50,20 @@ def _frame_features(backbone: Backbone, path: Path) -> tuple[torch.Tensor, Resiz
     return features[0], transforms[0]
 
 
-def _mask_to_input(mask: np.ndarray, transform: ResizePad) -> torch.Tensor:
-    """An index mask ``(H, W)`` placed in the backbone-input square ``(S, S)`` (nearest)."""
-    w, h = transform.resized
-    left, top = transform.pad
-    resized = np.asarray(Image.fromarray(mask.astype(np.uint8)).resize((w, h), Image.NEAREST))
-    square = np.zeros((transform.size, transform.size), dtype=np.int64)
-    square[top:top + h, left:left + w] = resized
-    return torch.from_numpy(square)
-
-
-def _mask_from_input(labels: torch.Tensor, transform: ResizePad) -> np.ndarray:
-    """Soft labels ``(K, g, g)`` → index mask ``(H, W)`` of the original frame."""
-    square = labels_to_mask(labels.cpu(), (transform.size, transform.size)).numpy()
-    w, h = transform.resized
-    left, top = transform.pad
-    content = square[top:top + h, left:left + w].astype(np.uint8)
-    resized = Image.fromarray(content).resize((transform.width, transform.height), Image.NEAREST)
-    return np.asarray(resized).astype(np.int64)
-
-
 def propagate_masks(backbone: Backbone, sample: VideoSample, config: PropagationConfig
                     ) -> list[np.ndarray]:
     """Index masks ``(H, W)`` of every frame (the first is the given one)."""
     first = sample.read_masks([0])[0]
     features, transform = _frame_features(backbone, sample.frames[0])
     grid = tuple(features.shape[-2:])
-    labels = mask_to_labels(_mask_to_input(first, transform), int(first.max()), grid=grid)
+    labels = mask_to_labels(mask_on_square(torch.from_numpy(first.astype(np.int64)), transform),
+                           int(first.max()), grid=grid)
     propagator = LabelPropagator(config)
     propagator.start(features, labels.to(features.device))
     masks = [first]
     for path in sample.frames[1:]:  # frames are sequential: each needs the previous labels
         features, transform = _frame_features(backbone, path)
-        masks.append(_mask_from_input(propagator.step(features), transform))
+        masks.append(mask_from_square(propagator.step(features).cpu(), transform).numpy())
     return masks
 
 
@@ -107,11 +81,8 @@ def propagate_points(backbone: Backbone, sample: VideoSample, config: Propagatio
     points = [sample.points[0].numpy().astype(np.float64)]
     for path in sample.frames[1:]:
         features, transform = _frame_features(backbone, path)
-        found, _ = labels_to_points(propagator.step(features).cpu(), size)
-        lost = (found < 0).all(-1)
-        original = transform.from_input(found.double())
-        original[lost] = -1.0
-        points.append(original.numpy())
+        found, _ = points_from_square(propagator.step(features).cpu(), transform)
+        points.append(found.numpy().astype(np.float64))
     return np.stack(points)
 
 

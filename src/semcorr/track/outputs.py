@@ -23,6 +23,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from semcorr.conventions import UNMATCHED
+from semcorr.data.video import davis_palette
 from semcorr.errors import ImageError
 from semcorr.io import atomic_write_bytes, atomic_write_json, open_image
 
@@ -41,17 +42,6 @@ def _point_colours(n: int) -> list[tuple[int, int, int]]:
     """``n`` distinct saturated colours (hues evenly spaced)."""
     return [tuple(round(255 * c) for c in colorsys.hsv_to_rgb(i / max(n, 1), 0.9, 1.0))
             for i in range(n)]  # type: ignore[misc]
-
-
-def davis_palette() -> np.ndarray:
-    """The PASCAL VOC colour map that DAVIS annotations use: ``(256, 3)`` uint8, colour ``i``
-    built from the bits of ``i`` spread over the top bits of R, G and B."""
-    index = np.arange(256)
-    colours = np.zeros((256, 3), dtype=np.int64)
-    for bit in range(8):  # a loop over the 8 bits of an index
-        for channel in range(3):
-            colours[:, channel] |= ((index >> (3 * bit + channel)) & 1) << (7 - bit)
-    return colours.astype(np.uint8)
 
 
 def read_index_png(path: str | os.PathLike[str]) -> tuple[torch.Tensor, np.ndarray]:

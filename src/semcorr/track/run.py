@@ -51,7 +51,8 @@ from semcorr.track.outputs import (
 )
 from semcorr.track.propagate import LabelPropagator, PropagationConfig
 
-__all__ = ["TrackResult", "frame_features", "frame_sizes", "track_clip"]
+__all__ = ["TrackResult", "frame_features", "frame_sizes", "mask_from_square", "mask_on_square",
+           "points_from_square", "track_clip"]
 
 
 @dataclass
@@ -102,7 +103,7 @@ def frame_features(backbone: Backbone, cache: FeatureCache, path: Path
     return torch.cat(maps, dim=1)[0], transform
 
 
-def _mask_on_square(mask: torch.Tensor, transform: ResizePad) -> torch.Tensor:
+def mask_on_square(mask: torch.Tensor, transform: ResizePad) -> torch.Tensor:
     """Index mask ``(H, W)`` → ``(S, S)`` on the backbone's square (nearest; padding = 0)."""
     w, h = transform.resized
     left, top = transform.pad
@@ -112,7 +113,7 @@ def _mask_on_square(mask: torch.Tensor, transform: ResizePad) -> torch.Tensor:
     return square
 
 
-def _mask_from_square(labels: torch.Tensor, transform: ResizePad,
+def mask_from_square(labels: torch.Tensor, transform: ResizePad,
                       normalise: str = "minmax") -> torch.Tensor:
     """Soft labels ``(K, h, w)`` on the square's grid → index mask ``(H, W)`` of the frame
     (``normalise``: :func:`~semcorr.track.labels.labels_to_mask`'s read-out)."""
@@ -124,7 +125,7 @@ def _mask_from_square(labels: torch.Tensor, transform: ResizePad,
     return torch.from_numpy(np.asarray(full).astype(np.int64))
 
 
-def _points_from_square(labels: torch.Tensor, transform: ResizePad
+def points_from_square(labels: torch.Tensor, transform: ResizePad
                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """Heatmaps ``(P, h, w)`` → frame pixels ``(P, 2)`` (``-1`` = lost) and scores ``(P,)``."""
     square, scores = labels_to_points(labels, (transform.size, transform.size))
@@ -193,12 +194,12 @@ def track_clip(
         else:
             labels = propagator.step(features)
             if points is not None:
-                p, s = _points_from_square(labels[:num_points], transform)
+                p, s = points_from_square(labels[:num_points], transform)
                 track_points.append(p)
                 track_scores.append(s)
         if mask is not None:
             name = out / "masks" / f"{t:05d}.png"
-            frame_mask = first_mask if t == 0 else _mask_from_square(
+            frame_mask = first_mask if t == 0 else mask_from_square(
                 labels[num_points:], transform, mask_normalise)
             write_index_png(name, frame_mask, palette)
             mask_files.append(name)
@@ -226,5 +227,5 @@ def _first_labels(points: torch.Tensor | None, mask: torch.Tensor | None, transf
     if points is not None:
         labels.append(points_to_labels(transform.to_input(points.float()), square, grid, sigma))
     if mask is not None:
-        labels.append(mask_to_labels(_mask_on_square(mask, transform), int(mask.max()), grid))
+        labels.append(mask_to_labels(mask_on_square(mask, transform), int(mask.max()), grid))
     return torch.cat(labels, dim=0)

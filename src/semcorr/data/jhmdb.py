@@ -37,7 +37,8 @@ JHMDB_SPLITS = {"train": "1", "test": "2"}
 
 
 def read_joint_positions(path: Path) -> torch.Tensor:
-    """``(T, 15, 2)`` 0-based keypoints of a ``joint_positions.mat`` (``pos_img - 1``).
+    """``(T, 15, 2)`` float64 0-based keypoints of a ``joint_positions.mat`` (``pos_img - 1``;
+    float64 as in the file: CRW's eval_pck.py measures distances to these exact values).
 
     Raises:
         InputError: naming the file when it is unreadable or has no ``2 x J x T`` ``pos_img``.
@@ -53,7 +54,7 @@ def read_joint_positions(path: Path) -> torch.Tensor:
     if pos.ndim != 3 or pos.shape[0] != 2 or pos.shape[2] < 1:
         raise InputError(f"{path}: expected 'pos_img' of shape 2 x joints x frames, "
                          f"got {pos.shape}")
-    return torch.from_numpy(pos - 1.0).permute(2, 1, 0).contiguous().float()
+    return torch.from_numpy(pos - 1.0).permute(2, 1, 0).contiguous()
 
 
 def split_videos(root: Path, split: str, number: int = 1) -> list[tuple[str, str]]:

@@ -18,6 +18,22 @@ from shared_data import SHARED
 MIRRORS = Path("/work/.mirror")
 
 
+def official_text(repo: str, path: str) -> str:
+    """The text of ``path`` in the GitHub repository ``repo`` (``owner/name``), from
+    ``../shared/reference/owner+name`` or the fetched mirror; skip the test, saying why, when
+    neither is present (for scripts that run at import and so cannot be imported as they are)."""
+    folder = repo.replace("/", "+")
+    source = SHARED / "reference" / folder / path
+    if source.is_file():
+        return source.read_text()
+    mirror = MIRRORS / folder / "repo"
+    if not mirror.is_dir():
+        pytest.skip(f"{repo}'s code is absent (neither ../shared/reference/{folder} nor a "
+                    f"fetched mirror of {repo})")
+    return subprocess.run(["git", "--git-dir", str(mirror), "show", f"HEAD:{path}"],
+                          capture_output=True, text=True, check=True).stdout
+
+
 def official_module(repo: str, path: str, scratch: Path) -> ModuleType:
     """Import ``path`` of the GitHub repository ``repo`` (``owner/name``): from
     ``../shared/reference/owner+name`` when it is there, else read from the fetched mirror into
@@ -25,14 +41,8 @@ def official_module(repo: str, path: str, scratch: Path) -> ModuleType:
     folder = repo.replace("/", "+")
     source = SHARED / "reference" / folder / path
     if not source.is_file():
-        mirror = MIRRORS / folder / "repo"
-        if not mirror.is_dir():
-            pytest.skip(f"{repo}'s code is absent (neither ../shared/reference/{folder} nor a "
-                        f"fetched mirror of {repo})")
-        text = subprocess.run(["git", "--git-dir", str(mirror), "show", f"HEAD:{path}"],
-                              capture_output=True, text=True, check=True).stdout
         source = scratch / f"{folder}_{Path(path).name}"
-        source.write_text(text)
+        source.write_text(official_text(repo, path))
     name = f"official_{folder}_{Path(path).stem}".replace("-", "_").replace("+", "_")
     spec = importlib.util.spec_from_file_location(name, source)
     assert spec is not None and spec.loader is not None

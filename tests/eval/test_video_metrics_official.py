@@ -18,6 +18,7 @@ arrays, and semcorr's vectorised metrics must give them to 1e-9.
 
 from __future__ import annotations
 
+import json
 import sys
 import warnings
 from pathlib import Path
@@ -186,6 +187,26 @@ def _sequences(rng: np.random.Generator) -> dict[str, tuple[np.ndarray, np.ndarr
     return seqs
 
 
+def _global_table(official: dict) -> dict[str, float]:
+    """evaluation_method.py's global table from ``DAVISEvaluation.evaluate``'s lists: their
+    means over objects."""
+    j, f = official["J"], official["F"]
+    return {"J&F-Mean": (np.mean(j["M"]) + np.mean(f["M"])) / 2, "J-Mean": np.mean(j["M"]),
+            "J-Recall": np.mean(j["R"]), "J-Decay": np.mean(j["D"]), "F-Mean": np.mean(f["M"]),
+            "F-Recall": np.mean(f["R"]), "F-Decay": np.mean(f["D"])}
+
+
+def _assert_equal_tables(ours: dict, official: dict) -> None:
+    """semcorr's :func:`davis_summary` equals the official global and per-object numbers."""
+    j, f = official["J"], official["F"]
+    assert ours["objects"] == len(j["M"])
+    for key, value in _global_table(official).items():
+        assert abs(ours[key] - float(value)) <= TOL, (key, ours[key], float(value))
+    for key, value in j["M_per_object"].items():
+        assert abs(ours["per_object"][key]["J-Mean"] - value) <= TOL, key
+        assert abs(ours["per_object"][key]["F-Mean"] - f["M_per_object"][key]) <= TOL, key
+
+
 def test_davis_summary_equals_the_official_davis_evaluation(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     evaluation = _davis_evaluation(tmp_path / "official", monkeypatch)
@@ -198,12 +219,7 @@ def test_davis_summary_equals_the_official_davis_evaluation(
 
     official = evaluation.DAVISEvaluation(davis_root=str(root), task="semi-supervised",
                                           gt_set="val").evaluate(str(pred_root))
-    j, f = official["J"], official["F"]
-    # evaluation_method.py's global table: the means over objects of those lists
-    expected = {"J&F-Mean": (np.mean(j["M"]) + np.mean(f["M"])) / 2, "J-Mean": np.mean(j["M"]),
-                "J-Recall": np.mean(j["R"]), "J-Decay": np.mean(j["D"]),
-                "F-Mean": np.mean(f["M"]), "F-Recall": np.mean(f["R"]),
-                "F-Decay": np.mean(f["D"])}
+    expected = _global_table(official)
 
     dataset = create_video_dataset("davis2017", root, "val")
     scores = {}
@@ -213,12 +229,8 @@ def test_davis_summary_equals_the_official_davis_evaluation(
         scores[sample.name] = davis_sequence_scores(sample.read_masks(), pred)
     ours = davis_summary(scores)
 
-    assert ours["objects"] == len(j["M"]) == 6
-    for key, value in expected.items():
-        assert abs(ours[key] - float(value)) <= TOL, (key, ours[key], float(value))
-    for key, value in j["M_per_object"].items():
-        assert abs(ours["per_object"][key]["J-Mean"] - value) <= TOL, key
-        assert abs(ours["per_object"][key]["F-Mean"] - f["M_per_object"][key]) <= TOL, key
+    assert ours["objects"] == 6
+    _assert_equal_tables(ours, official)
     assert 0.2 < expected["J-Mean"] < 0.95 and expected["J-Decay"] != 0  # not degenerate
 
 
@@ -305,3 +317,29 @@ def test_jhmdb_pck_equals_crw_eval_pck(tmp_path: Path, monkeypatch: pytest.Monke
         assert np.abs(100 * np.asarray(result["per_joint"][key]) - table[:-1]).max() <= 1e-9
         assert abs(100 * result["pck"][key] - table[-1]) <= 1e-9
     assert 5 < 100 * result["pck"]["0.1"] < 95  # the predictions are neither all hits nor misses
+
+
+def test_official_davis_evaluation_of_semcorr_eval_predictions(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``semcorr eval --dataset davis2017`` end to end: the official evaluation reads the
+    prediction PNGs semcorr wrote (its layout, names and indices) and its table equals
+    ``results.json``'s."""
+    from semcorr.cli.main import main
+    from video_fixtures import band_mask, photo, write_davis
+
+    evaluation = _davis_evaluation(tmp_path / "official", monkeypatch)
+    frame = photo()
+    moving = [photo(dx=2 * t, dy=t) for t in range(4)]  # a pan: imperfect propagation
+    root = write_davis(tmp_path / "DAVIS", {
+        "shifted": ([frame] * 3, [band_mask()] + [band_mask(2, 8)] * 2),
+        "pan": (moving, [band_mask(-4 * t, 4 - 2 * t) for t in range(4)])})
+    out = tmp_path / "out"
+    assert main(["eval", "--dataset", "davis2017", "--root", str(root), "--out", str(out),
+                 "--backbone", "dense-sift", "--backbone-option", "image_size=128", "--topk",
+                 "3", "--context", "2", "--radius", "3", "--quiet"]) == 0
+    ours = json.loads((out / "results.json").read_text())["summary"]
+    official = evaluation.DAVISEvaluation(davis_root=str(root), task="semi-supervised",
+                                          gt_set="val").evaluate(str(out / "predictions"))
+    assert ours["objects"] == 4
+    _assert_equal_tables(ours, official)
+    assert ours["J-Mean"] < 1.0  # the clips are not scored perfectly

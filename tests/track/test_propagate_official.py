@@ -87,11 +87,12 @@ def _inputs(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return features, mask
 
 
-def _run_dift(module: ModuleType, features: torch.Tensor, mask: torch.Tensor,
+def _run_dift(module: ModuleType, features: torch.Tensor, first: torch.Tensor,
               cfg: PropagationConfig, out: Path, monkeypatch: pytest.MonkeyPatch
               ) -> tuple[list[torch.Tensor], list[np.ndarray]]:
-    """DIFT's ``eval_video_tracking_davis`` on ``features``: its soft labels ``(1, K, h, w)``
-    per frame (recorded as its ``label_propagation`` returns them) and its written masks."""
+    """DIFT's ``eval_video_tracking_davis`` on ``features`` from the first-frame labels
+    ``first`` ``(1, K, h, w)``: its soft labels ``(1, K, h, w)`` per frame (recorded as its
+    ``label_propagation`` returns them) and its written masks."""
     h, w = GRID
     args = SimpleNamespace(output_dir=str(out), n_last_frames=cfg.context,
                            size_mask_neighborhood=int(cfg.radius), topk=cfg.topk,
@@ -109,20 +110,24 @@ def _run_dift(module: ModuleType, features: torch.Tensor, mask: torch.Tensor,
         return result
 
     monkeypatch.setattr(module, "label_propagation", recording)
-    first_seg = module.to_one_hot(mask[None].float())  # (1, K, h, w), DIFT's read_seg encoding
-    seg_ori = np.kron(mask.numpy(), np.ones((SCALE, SCALE))).astype(np.uint8)
+    seg_ori = np.zeros((SCALE * h, SCALE * w), np.uint8)  # only written out as frame 0
     palette = np.arange(256 * 3, dtype=np.uint8).reshape(256, 3)
-    module.eval_video_tracking_davis(args, _FeatureModel(), SCALE, names, "clip", first_seg,
+    module.eval_video_tracking_davis(args, _FeatureModel(), SCALE, names, "clip", first,
                                      seg_ori, palette)
     written = [np.asarray(Image.open(out / "clip" / f"{i:05d}.png")) for i in range(1, FRAMES)]
     return soft, written
 
 
-def _run_semcorr(features: torch.Tensor, mask: torch.Tensor, cfg: PropagationConfig
+def _run_semcorr(features: torch.Tensor, first: torch.Tensor, cfg: PropagationConfig
                  ) -> list[torch.Tensor]:
     prop = LabelPropagator(cfg)
-    prop.start(features[0], torch.nn.functional.one_hot(mask, OBJECTS + 1).permute(2, 0, 1))
+    prop.start(features[0], first)
     return [prop.step(f) for f in features[1:]]
+
+
+def _max_gap(theirs: list[torch.Tensor], ours: list[torch.Tensor]) -> float:
+    assert len(theirs) == len(ours) == FRAMES - 1
+    return max(float((t[0] - o).abs().max()) for t, o in zip(theirs, ours))
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # numpy 2 about DIFT's np.array(t)
@@ -131,13 +136,27 @@ def test_label_propagation_equals_dift_eval_davis(
         cfg: PropagationConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     module = _dift(tmp_path, monkeypatch)
     features, mask = _inputs(seed=int(cfg.radius * 10 + cfg.topk))
-    theirs, written = _run_dift(module, features, mask, cfg, tmp_path / "out", monkeypatch)
-    ours = _run_semcorr(features, mask, cfg)
-    assert len(theirs) == len(ours) == FRAMES - 1
-    gap = max(float((t[0] - o).abs().max()) for t, o in zip(theirs, ours))
+    first = module.to_one_hot(mask[None].float())  # (1, K, h, w), DIFT's read_seg encoding
+    theirs, written = _run_dift(module, features, first, cfg, tmp_path / "out", monkeypatch)
+    ours = _run_semcorr(features, first[0], cfg)
+    gap = _max_gap(theirs, ours)
     assert gap < 1e-5, f"soft labels differ from DIFT's by up to {gap:.3g}"
     # the labels do change along the clip (a test of a constant would prove little)
     assert float((ours[-1] - ours[0]).abs().max()) > 0.05
     for t, (labels, png) in enumerate(zip(ours, written), start=1):
         ours_mask = labels_to_mask(labels, (SCALE * GRID[0], SCALE * GRID[1]), "minmax").numpy()
         assert np.array_equal(ours_mask, png), f"frame {t}: {np.mean(ours_mask != png):.3%} differ"
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_soft_label_propagation_equals_dift_eval_davis(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point heatmaps (semcorr's JHMDB and ``--points`` labels) go through the same linear map:
+    DIFT's loop on peaked non-negative labels, with the ``dift-jhmdb`` preset's settings."""
+    module = _dift(tmp_path, monkeypatch)
+    cfg = PRESETS["dift-jhmdb"].propagation
+    features, _ = _inputs(seed=5)
+    first = torch.rand(4, *GRID, generator=torch.Generator().manual_seed(6)) ** 8
+    theirs, _ = _run_dift(module, features, first[None], cfg, tmp_path / "out", monkeypatch)
+    gap = _max_gap(theirs, _run_semcorr(features, first, cfg))
+    assert gap < 1e-5 * float(first.max()), f"soft labels differ by up to {gap:.3g}"

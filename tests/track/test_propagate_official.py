@@ -52,6 +52,7 @@ def _dift(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     """DIFT's ``eval_davis.py``, its unsatisfiable imports stubbed for this test only."""
     from reference_code import official_module
 
+    pytest.importorskip("tqdm", reason="DIFT's eval_davis.py shows its progress with tqdm")
     models = ModuleType("src.models")
     for name, cls in (("dift_sd", "SDFeaturizer"), ("dift_adm", "ADMFeaturizer")):
         stub = ModuleType(f"src.models.{name}")  # diffusion featurizers: never called here

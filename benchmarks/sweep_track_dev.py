@@ -8,6 +8,12 @@ after re-entry) and the mask's mean IoU (J), with the default propagation settin
 
     python benchmarks/sweep_track_dev.py 4-8-16 2-4-8 4-8 4-8-16-32 8-16 8-16-32-64
 
+``--presence`` sweeps the out-of-view decision's margin instead (at ``semcorr track``'s bins,
+4-8-16), ``off`` being DIFT's propagation without it:
+
+    python benchmarks/sweep_track_dev.py \
+        --presence off,-0.015,-0.0125,-0.01,-0.0075,-0.005,-0.0025,0
+
 Needs ``../shared`` (boat.png and Graffiti); about a minute per setting on 2 cores.
 """
 
@@ -50,14 +56,17 @@ def dev_clip() -> SyntheticClip:
     return make_clip(scene, patch, 40, SIZE, leaves=True)
 
 
-def score(clip: SyntheticClip, bins: tuple[int, ...]) -> str:
-    """Track ``clip`` with dense-sift at ``bins`` and format its figures."""
+def score(clip: SyntheticClip, bins: tuple[int, ...],
+          config: PropagationConfig | None = None) -> str:
+    """Track ``clip`` with dense-sift at ``bins`` and ``config`` (default: DIFT's propagation
+    at CRW's settings, as the bins were chosen); format its figures."""
+    config = PropagationConfig() if config is None else config
     with tempfile.TemporaryDirectory() as folder:
         tmp = Path(folder)
         frames = save_clip(clip, tmp / "frames")
         backbone = create_backbone("dense-sift", image_size=160, bin_sizes=bins).eval()
         result = track_clip(backbone, FeatureCache.for_backbone(tmp / "cache", backbone), frames,
-                            tmp / "out", PropagationConfig(), points=clip.points[0],
+                            tmp / "out", config, points=clip.points[0],
                             mask=clip.masks[0], overlay=False)
         points, masks = result.points, read_masks(result.masks)
     return (f"PCK@0.05 {pck(points[1:], clip.points[1:], SIZE):.3f} "
@@ -68,9 +77,19 @@ def score(clip: SyntheticClip, bins: tuple[int, ...]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("bins", nargs="+", help="bin sizes per setting, e.g. 4-8-16")
+    parser.add_argument("bins", nargs="*", default=["4-8-16"],
+                        help="bin sizes per setting, e.g. 4-8-16")
+    parser.add_argument("--presence", default=None,
+                        help="comma-separated presence margins (or off) to sweep at bins 4-8-16")
     args = parser.parse_args()
     clip = dev_clip()
+    if args.presence:
+        for margin in args.presence.split(","):
+            config = PropagationConfig(presence_margin=None if margin == "off" else float(margin))
+            start = time.perf_counter()
+            print(f"presence {margin}: {score(clip, (4, 8, 16), config)} "
+                  f"({time.perf_counter() - start:.0f} s)", flush=True)
+        return
     for setting in args.bins:
         bins = tuple(int(b) for b in setting.split("-"))
         start = time.perf_counter()

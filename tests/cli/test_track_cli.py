@@ -67,7 +67,7 @@ def test_print_config_shows_dift_settings(capsys: pytest.CaptureFixture) -> None
     assert main(["track", "--preset", "dift-davis", "--print-config"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["propagation"] == {"context": 28, "topk": 15, "radius": 15,
-                                    "temperature": 0.2}
+                                    "temperature": 0.2, "presence_margin": None}
     assert shown["backbone"] == "sd21"
     assert shown["backbone_options"]["timestep"] == 51
     assert shown["backbone_options"]["ensemble"] == 8
@@ -78,6 +78,14 @@ def test_print_config_shows_dift_settings(capsys: pytest.CaptureFixture) -> None
     assert shown["published"] is False
     assert main(["track", "--mask-normalise", "none", "--print-config"]) == 0
     assert json.loads(capsys.readouterr().out)["mask_normalise"] == "none"
+    assert main(["track", "--print-config"]) == 0  # semcorr track's own default
+    assert json.loads(capsys.readouterr().out)["propagation"]["presence_margin"] == -0.0075
+    assert main(["track", "--presence-margin", "off", "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["propagation"]["presence_margin"] is None
+    assert main(["track", "--preset", "dift-davis", "--presence-margin", "0",
+                 "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["propagation"]["presence_margin"] == 0.0
+    assert main(["track", "--presence-margin", "x", "--print-config"]) == 2
 
 
 def _files(out: Path) -> dict[str, bytes]:

@@ -100,3 +100,67 @@ def test_config_and_shape_errors() -> None:
     prop.start(torch.zeros(2, 3, 3), torch.zeros(1, 3, 3))
     with pytest.raises(ValueError, match="features"):
         prop.step(torch.zeros(2, 4, 3))
+
+
+def _uncovered_background_clip() -> tuple[list[torch.Tensor], torch.Tensor]:
+    """A 6 x 6 clip, 4 channels. Frame 0: the object (feature e0) on cells [0:2, 0:2], the
+    background e1, one distinctive background cell e2 far away at (5, 5). Frame 1: the object
+    has gone; its former cells show a background never seen there, e2 + 0.5 e0: near them
+    (radius 1) it looks more like the object than like e1, but over the whole first frame it
+    looks most like the e2 cell. Frame 2: the object is back where it was."""
+    eye = torch.eye(4)
+    first = eye[1][:, None, None].repeat(1, 6, 6)
+    first[:, :2, :2] = eye[0][:, None, None]
+    first[:, 5, 5] = eye[2]
+    gone = eye[1][:, None, None].repeat(1, 6, 6)
+    gone[:, :2, :2] = (eye[2] + 0.5 * eye[0])[:, None, None]
+    labels = torch.zeros(2, 6, 6)
+    labels[1, :2, :2] = 1
+    labels[0] = 1 - labels[1]
+    return [first, gone, first.clone()], labels
+
+
+@pytest.mark.parametrize("margin", [None, 0.0, -0.1])
+def test_out_of_view_decision_drops_an_object_on_uncovered_background(margin) -> None:
+    frames, labels = _uncovered_background_clip()
+    prop = LabelPropagator(PropagationConfig(context=2, topk=1, radius=1,
+                                             presence_margin=margin))
+    prop.start(frames[0], labels, mask_channels=2)
+    gone, back = prop.step(frames[1]), prop.step(frames[2])
+    if margin is None:  # DIFT's propagation: the uncovered background takes the object's label
+        assert (gone[1, :2, :2] == 1).all()
+    else:  # margin over the uncovered cells: cos to e0 - cos to e2 = (0.5 - 1) / sqrt(1.25)
+        assert gone[1].sum() == 0 and (gone[0] == 1).all()
+    # the object comes back from the first frame either way, and nothing else is labelled
+    torch.testing.assert_close(back, labels)
+
+
+def test_out_of_view_margin_is_a_threshold() -> None:
+    """Just above the uncovered cells' margin (-0.447) the object is kept, just below dropped."""
+    frames, labels = _uncovered_background_clip()
+    margin = -0.5 / 1.25**0.5
+    for offset, kept in ((-0.01, True), (0.01, False)):
+        prop = LabelPropagator(PropagationConfig(context=2, topk=1, radius=1,
+                                                 presence_margin=margin + offset))
+        prop.start(frames[0], labels, mask_channels=2)
+        assert bool(prop.step(frames[1])[1].sum() > 0) is kept
+
+
+def test_out_of_view_decision_leaves_heatmaps_and_present_objects_alone() -> None:
+    """Point heatmaps before the mask channels are untouched, and a present object is kept."""
+    frames, labels = _uncovered_background_clip()
+    heatmap = torch.zeros(1, 6, 6)
+    heatmap[0, 0, 0] = 1
+    stacked = torch.cat([heatmap, labels])
+    on = LabelPropagator(PropagationConfig(context=2, topk=1, radius=1, presence_margin=0.0))
+    off = LabelPropagator(PropagationConfig(context=2, topk=1, radius=1))
+    on.start(frames[0], stacked, mask_channels=2)
+    off.start(frames[0], stacked)
+    torch.testing.assert_close(on.step(frames[0]), off.step(frames[0]))  # object in view
+    got, want = on.step(frames[1]), off.step(frames[1])
+    torch.testing.assert_close(got[0], want[0])  # the heatmap channel
+    assert got[2].sum() == 0 and want[2].sum() > 0
+    with pytest.raises(InputError, match="mask_channels"):
+        on.start(frames[0], stacked, mask_channels=4)
+    with pytest.raises(InputError, match="presence-margin"):
+        PropagationConfig(presence_margin=float("nan"))

@@ -68,6 +68,7 @@ def _numeric(row: list[str]) -> bool:
 def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
     """Preset < command line: the backbone, its options, the propagation config, sigma."""
     from semcorr.track import PropagationConfig, get_preset
+    from semcorr.track.presets import TRACK_DEFAULT
 
     preset = get_preset(args.preset) if args.preset else None
     backbone = args.backbone or (preset.backbone if preset else "dense-sift")
@@ -79,9 +80,11 @@ def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
     elif backbone == "dense-sift":
         options.update(DENSE_SIFT_TRACK)
     options.update(parse_key_values(args.backbone_option, "--backbone-option"))
-    base = preset.propagation if preset else PropagationConfig()
+    base = preset.propagation if preset else TRACK_DEFAULT
     given = {k: getattr(args, k) for k in ("context", "topk", "radius", "temperature")
              if getattr(args, k) is not None}
+    if args.presence_margin is not None:
+        given["presence_margin"] = _presence_margin(args.presence_margin)
     config = PropagationConfig(**{**asdict(base), **given})
     sigma = args.sigma if args.sigma is not None else (preset.sigma if preset else 0.5)
     positive_number("--sigma", sigma)
@@ -90,6 +93,16 @@ def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
             "propagation": asdict(config), "sigma": sigma, "mask_normalise": mask_normalise,
             "source": preset.source if preset else "semcorr defaults",
             "published": preset.published if preset else None}
+
+
+def _presence_margin(text: str) -> float | None:
+    """``--presence-margin``: a number, or ``off``."""
+    if text.strip().lower() == "off":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise InputError(f"--presence-margin must be a number or 'off', got {text!r}") from None
 
 
 def _check_inputs(args: argparse.Namespace) -> dict[str, Any]:
@@ -225,6 +238,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="square window half side in feature cells, 0 = none (default 12)")
     parser.add_argument("--temperature", type=float, default=None,
                         help="softmax temperature on cosine affinities (default 0.1)")
+    parser.add_argument("--presence-margin", default=None, metavar="MARGIN|off",
+                        help="out-of-view decision for mask objects: an object whose region "
+                             "looks more like the first frame's background than its own first-"
+                             "frame region, by more than -MARGIN in cosine, is dropped for "
+                             "that frame (default -0.0075, chosen on a development clip; "
+                             "off with a preset, as DIFT)")
     parser.add_argument("--sigma", type=float, default=None,
                         help="Gaussian of a first-frame point in cells (default 0.5, CRW)")
     parser.add_argument("--mask-normalise", default=None, choices=MASK_NORMALISE,

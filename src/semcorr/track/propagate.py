@@ -70,12 +70,19 @@ class PropagationConfig:
         radius: half side, in feature cells, of the square window a key must lie in
             (DIFT ``size_mask_neighborhood``); ``0`` disables the restriction.
         temperature: softmax temperature on the cosine affinities.
+        presence_margin: the out-of-view decision for mask objects (not part of DIFT or CRW;
+            ``None``, the default, leaves it off): after each step, an object whose predicted
+            region looks on average more like the first frame's other labels than like the
+            first frame's own object, by more than ``-presence_margin`` in cosine, is declared
+            out of view and its weight handed to the background (see
+            :meth:`LabelPropagator.step`).
     """
 
     context: int = 20
     topk: int = 10
     radius: float = 12.0
     temperature: float = 0.1
+    presence_margin: float | None = None
 
     def __post_init__(self) -> None:
         if self.context < 0:
@@ -86,6 +93,8 @@ class PropagationConfig:
             raise InputError(f"--radius must be >= 0, got {self.radius}")
         if not self.temperature > 0:
             raise InputError(f"--temperature must be > 0, got {self.temperature}")
+        if self.presence_margin is not None and not math.isfinite(self.presence_margin):
+            raise InputError(f"--presence-margin must be finite, got {self.presence_margin}")
 
 
 #: One chunk of a propagation step: query cells, the key cells they can reach (slices of the
@@ -182,21 +191,31 @@ class LabelPropagator:
         self._recent: deque[tuple[Tensor, Tensor]] = deque(maxlen=max(config.context, 1))
         self._grid: tuple[int, int] | None = None
         self._bands: list[Band] = []
+        self._mask_channels = 0
+        self._first_owner: Tensor | None = None
 
     @property
     def grid(self) -> tuple[int, int] | None:
         """``(h, w)`` of the feature grid once started."""
         return self._grid
 
-    def start(self, features: Tensor, labels: Tensor) -> None:
+    def start(self, features: Tensor, labels: Tensor, mask_channels: int = 0) -> None:
         """Begin a video.
 
         Args:
             features: first-frame features ``(C, h, w)``.
             labels: its soft labels ``(K, h, w)`` (one-hot masks, or heatmaps).
+            mask_channels: the last ``mask_channels`` labels are a mask's one-hot channels,
+                background first (what ``config.presence_margin`` acts on; 0: none).
         """
         dims = check_shape(features, "C h w", "features")
         check_shape(labels, f"K {dims['h']} {dims['w']}", "labels")
+        if not 0 <= mask_channels <= labels.shape[0]:
+            raise InputError(f"mask_channels={mask_channels} but there are "
+                             f"{labels.shape[0]} labels")
+        self._mask_channels = mask_channels
+        self._first_owner = (labels[labels.shape[0] - mask_channels:].flatten(1).argmax(0)
+                             if mask_channels > 1 else None)
         h, w = dims["h"], dims["w"]
         self._grid = (h, w)
         self._first = (_normalise(features), labels.reshape(labels.shape[0], h * w).float())
@@ -222,9 +241,41 @@ class LabelPropagator:
         keys = torch.stack([f for f, _ in context])
         labels = torch.stack([lab for _, lab in context])
         out = propagate_labels(query, keys, labels, self.config, self._grid, self._bands)
+        if self.config.presence_margin is not None and self._first_owner is not None:
+            out = self._drop_absent_objects(query, out)
         if self.config.context > 0:
             self._recent.append((query, out))
         return out.reshape(-1, h, w)
+
+    def _drop_absent_objects(self, query: Tensor, out: Tensor) -> Tensor:
+        """The out-of-view decision (``config.presence_margin``) on soft labels ``(K, Q)``.
+
+        A mask object is out of view in this frame when it wins no cell (argmax over the mask
+        channels), or when, over the cells it wins, the mean of ``max cos(cell, its own
+        first-frame cells) - max cos(cell, the other first-frame cells)`` is below the margin.
+        Its weight then goes to the background, in the output and in the context the next
+        frames read. Why: the background an object uncovers when it leaves has never been
+        seen; it inherits the object's label from the recent frames, then keeps it by matching
+        itself frame after frame. An object that wins no cell is dropped too, or DIFT's min-max
+        read-out would stretch its faint remaining weight into a region.
+        """
+        assert self._first is not None and self._first_owner is not None
+        out = out.clone()
+        masks = out[out.shape[0] - self._mask_channels:]  # a view: (M, Q), background first
+        owner = masks.argmax(0)
+        first = self._first[0]
+        for k in range(1, self._mask_channels):  # a loop over objects (few); cells vectorised
+            region, own = owner == k, self._first_owner == k
+            if not own.any() or own.all():
+                continue
+            if region.any():
+                affinity = query[:, region].T @ first  # (cells, Q0)
+                margin = float((affinity[:, own].amax(1) - affinity[:, ~own].amax(1)).mean())
+                if margin >= self.config.presence_margin:
+                    continue
+            masks[0] += masks[k]
+            masks[k] = 0
+        return out
 
 
 def _normalise(features: Tensor) -> Tensor:

@@ -186,7 +186,8 @@ def track_clip(
         grid = tuple(features.shape[-2:])
         if t == 0:
             labels = _first_labels(points, mask, transform, grid, sigma)
-            propagator.start(features, labels)
+            propagator.start(features, labels,
+                             mask_channels=0 if mask is None else labels.shape[0] - num_points)
             if points is not None:
                 track_points.append(points.float())
                 track_scores.append(torch.ones(num_points))

@@ -36,6 +36,10 @@ from semcorr import create_backbone
 from semcorr.features.batching import auto_batch_size, per_target_bytes
 from semcorr.transfer import TransferConfig, main
 
+#: Largest RSS high-water ratio between the largest and the smallest target count that still
+#: counts as flat memory (the README: 342 -> 367 MiB, x1.07); the script exits 1 above it.
+MEMORY_RATIO_LIMIT = 1.15
+
 #: A small dense-sift for the memory part (1,000 targets in minutes on a shared CPU).
 MEMORY_SIFT = {"image_size": 96, "bin_sizes": (4, 8, 16)}
 POINTS = [[0.2, 0.3], [0.5, 0.5], [0.7, 0.4], [0.4, 0.8], [0.8, 0.8]]  # fractions of the size
@@ -170,13 +174,20 @@ def memory(args: argparse.Namespace, tmp: Path) -> None:
     print(f"dense-sift {MEMORY_SIFT}, automatic batch size, 2 decoding threads, 320x240 JPEG")
     print("| dense-sift targets | RSS high-water MiB | Python peak (tracemalloc) MiB | s |")
     print("|---:|---:|---:|---:|")
+    peaks = {}
     for count in args.memory_counts:
         result = subprocess.run(
             [sys.executable, __file__, "--memory-child", str(count), "--dir", str(folder)],
             check=True, capture_output=True, text=True)
         row = json.loads(result.stdout.strip().splitlines()[-1])
+        peaks[count] = row["rss"]
         print(f"| {count} | {row['rss'] / 2**20:.0f} | {row['python'] / 2**20:.1f} | "
               f"{row['seconds']:.0f} |", flush=True)
+    ratio = peaks[max(peaks)] / peaks[min(peaks)]
+    print(f"RSS high-water ratio, {max(peaks)} vs {min(peaks)} targets: x{ratio:.2f} "
+          f"(the README's claim of flat memory fails above x{MEMORY_RATIO_LIMIT})")
+    if ratio > MEMORY_RATIO_LIMIT:
+        sys.exit(1)
 
 
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -14,7 +14,14 @@ after re-entry) and the mask's mean IoU (J), with the default propagation settin
     python benchmarks/sweep_track_dev.py \
         --presence off,-0.015,-0.0125,-0.01,-0.0075,-0.005,-0.0025,0
 
-Needs ``../shared`` (boat.png and Graffiti); about a minute per setting on 2 cores.
+``--colour`` sweeps the weight of colour in that decision (``--presence-colour``, at margin
+-0.0075) on the boat clip and on three more development clips made from PF-Willow's development
+classes (``docs/protocol.md``; a car(G) photo as the scene and a motorbike(G) crop as the object,
+motorbike(G) + winebottle(M), winebottle(M) + car(G)):
+
+    python benchmarks/sweep_track_dev.py --colour 0,0.3,1,3,10
+
+Needs ``../shared`` (boat.png, Graffiti, PF-Willow); about a minute per setting on 2 cores.
 """
 
 from __future__ import annotations
@@ -56,6 +63,46 @@ def dev_clip() -> SyntheticClip:
     return make_clip(scene, patch, 40, SIZE, leaves=True)
 
 
+def pf_willow_clip(scene: str, scene_index: int, patch: str, patch_index: int) -> SyntheticClip:
+    """A PF-Willow development-class photo as the scene and a central square crop of another
+    as the object, 40 frames, leaving and re-entering."""
+    h, w = SIZE
+    root = SHARED / "pf-willow"
+    scene_image = load_image(sorted((root / scene).glob("*.png"))[scene_index])
+    photo = load_image(sorted((root / patch).glob("*.png"))[patch_index])
+    ph, pw = photo.shape[-2:]
+    side = min(ph, pw)
+    crop = photo[:, (ph - side) // 2:(ph + side) // 2, (pw - side) // 2:(pw + side) // 2]
+    return make_clip(_resized(scene_image, (2 * h, int(2.4 * w))), _resized(crop, (h // 3, h // 3)),
+                     40, SIZE, leaves=True)
+
+
+def dev_clips() -> dict[str, SyntheticClip]:
+    """Every development clip, by name."""
+    return {"boat + Graffiti": dev_clip(),
+            "car(G) + motorbike(G)": pf_willow_clip("car(G)", 0, "motorbike(G)", 0),
+            "motorbike(G) + winebottle(M)": pf_willow_clip("motorbike(G)", 1, "winebottle(M)", 0),
+            "winebottle(M) + car(G)": pf_willow_clip("winebottle(M)", 1, "car(G)", 1)}
+
+
+def colour_sweep(weights: list[float]) -> None:
+    """J and PCK@0.05 per development clip and colour weight (features computed once)."""
+    from semcorr.track.presets import TRACK_DEFAULT
+    backbone = create_backbone("dense-sift", image_size=160, bin_sizes=(4, 8, 16)).eval()
+    for name, clip in dev_clips().items():
+        with tempfile.TemporaryDirectory() as folder:
+            tmp = Path(folder)
+            frames = save_clip(clip, tmp / "frames")
+            cache = FeatureCache.for_backbone(tmp / "cache", backbone)
+            for weight in weights:
+                result = track_clip(backbone, cache, frames, tmp / "out", TRACK_DEFAULT,
+                                    points=clip.points[0], mask=clip.masks[0], overlay=False,
+                                    presence_colour=weight)
+                j = mask_iou(read_masks(result.masks)[1:], clip.masks[1:]).mean()
+                print(f"{name}, colour {weight:g}: J {j:.3f}, PCK@0.05 "
+                      f"{pck(result.points[1:], clip.points[1:], SIZE):.3f}", flush=True)
+
+
 def score(clip: SyntheticClip, bins: tuple[int, ...],
           config: PropagationConfig | None = None) -> str:
     """Track ``clip`` with dense-sift at ``bins`` and ``config`` (default: DIFT's propagation
@@ -81,7 +128,12 @@ def main() -> None:
                         help="bin sizes per setting, e.g. 4-8-16")
     parser.add_argument("--presence", default=None,
                         help="comma-separated presence margins (or off) to sweep at bins 4-8-16")
+    parser.add_argument("--colour", default=None,
+                        help="comma-separated colour weights of the out-of-view decision")
     args = parser.parse_args()
+    if args.colour:
+        colour_sweep([float(w) for w in args.colour.split(",")])
+        return
     clip = dev_clip()
     if args.presence:
         for margin in args.presence.split(","):

@@ -79,12 +79,16 @@ def test_print_config_shows_dift_settings(capsys: pytest.CaptureFixture) -> None
     assert main(["track", "--mask-normalise", "none", "--print-config"]) == 0
     assert json.loads(capsys.readouterr().out)["mask_normalise"] == "none"
     assert main(["track", "--print-config"]) == 0  # semcorr track's own default
-    assert json.loads(capsys.readouterr().out)["propagation"]["presence_margin"] == -0.0075
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["propagation"]["presence_margin"] == -0.0075
+    assert shown["presence_colour"] == 3.0
     assert main(["track", "--presence-margin", "off", "--print-config"]) == 0
     assert json.loads(capsys.readouterr().out)["propagation"]["presence_margin"] is None
     assert main(["track", "--preset", "dift-davis", "--presence-margin", "0",
                  "--print-config"]) == 0
-    assert json.loads(capsys.readouterr().out)["propagation"]["presence_margin"] == 0.0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["propagation"]["presence_margin"] == 0.0 and shown["presence_colour"] == 0.0
+    assert main(["track", "--presence-colour", "-1", "--print-config"]) == 2
     assert main(["track", "--presence-margin", "x", "--print-config"]) == 2
 
 

@@ -73,3 +73,25 @@ def test_labels_to_mask_without_normalisation() -> None:
     assert labels_to_mask(labels, (2, 2), "none").tolist() == [[0, 0], [0, 1]]
     with pytest.raises(InputError, match="minmax, none"):
         labels_to_mask(labels, (2, 2), "softmax")
+
+
+def test_chroma_on_grid_keeps_colour_without_brightness(tmp_path) -> None:
+    """Grey cells give 0 whatever their brightness; a pure red cell gives (2/3, -1/3, -1/3);
+    the padding of the square is 0."""
+    import numpy as np
+    from PIL import Image
+
+    from semcorr.geometry import ResizePad
+    from semcorr.track.run import chroma_on_grid
+
+    image = np.zeros((4, 8, 3), dtype=np.uint8)
+    image[:, :4] = 200  # grey
+    image[:, 4:, 0] = 255  # red
+    Image.fromarray(image).save(tmp_path / "frame.png")
+    transform = ResizePad(8, 4, 8)  # an 8 x 4 frame on an 8 x 8 square, 2 rows of padding
+    chroma = chroma_on_grid(tmp_path / "frame.png", transform, (4, 4))
+    assert chroma.shape == (3, 4, 4)
+    torch.testing.assert_close(chroma[:, 1:3, :2], torch.zeros(3, 2, 2), atol=1e-6, rtol=0)
+    red = torch.tensor([2 / 3, -1 / 3, -1 / 3])[:, None, None].expand(3, 2, 2)
+    torch.testing.assert_close(chroma[:, 1:3, 2:], red, atol=1e-6, rtol=0)
+    assert chroma[:, [0, 3]].abs().max() == 0

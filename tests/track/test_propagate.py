@@ -164,3 +164,24 @@ def test_out_of_view_decision_leaves_heatmaps_and_present_objects_alone() -> Non
         on.start(frames[0], stacked, mask_channels=4)
     with pytest.raises(InputError, match="presence-margin"):
         PropagationConfig(presence_margin=float("nan"))
+
+
+def test_out_of_view_decision_reads_the_appearance_when_given() -> None:
+    """With a margin of -0.5 the uncovered cells (feature margin -0.447) keep the object; an
+    appearance that shows them as background (margin -1) drops it. Appearance is all or none."""
+    frames, labels = _uncovered_background_clip()
+    colour = torch.zeros(2, 6, 6)
+    colour[0] = 1
+    colour[:, :2, :2] = torch.tensor([0.0, 1.0])[:, None, None]  # the object's colour
+    uncovered = torch.zeros(2, 6, 6)
+    uncovered[0] = 1  # background colour everywhere: the object has gone
+    config = PropagationConfig(context=2, topk=1, radius=1, presence_margin=-0.5)
+    features_only = LabelPropagator(config)
+    features_only.start(frames[0], labels, mask_channels=2)
+    assert features_only.step(frames[1])[1].sum() > 0
+    with_colour = LabelPropagator(config)
+    with_colour.start(frames[0], labels, mask_channels=2, appearance=colour)
+    assert with_colour.step(frames[1], uncovered)[1].sum() == 0
+    torch.testing.assert_close(with_colour.step(frames[2], colour), labels)  # back in view
+    with pytest.raises(InputError, match="appearance"):
+        with_colour.step(frames[2])

@@ -68,7 +68,7 @@ def _numeric(row: list[str]) -> bool:
 def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
     """Preset < command line: the backbone, its options, the propagation config, sigma."""
     from semcorr.track import PropagationConfig, get_preset
-    from semcorr.track.presets import TRACK_DEFAULT
+    from semcorr.track.presets import TRACK_DEFAULT, TRACK_PRESENCE_COLOUR
 
     preset = get_preset(args.preset) if args.preset else None
     backbone = args.backbone or (preset.backbone if preset else "dense-sift")
@@ -89,8 +89,13 @@ def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
     sigma = args.sigma if args.sigma is not None else (preset.sigma if preset else 0.5)
     positive_number("--sigma", sigma)
     mask_normalise = args.mask_normalise or (preset.mask_normalise if preset else "minmax")
+    colour = args.presence_colour
+    colour = colour if colour is not None else (0.0 if preset else TRACK_PRESENCE_COLOUR)
+    if not colour >= 0:
+        raise InputError(f"--presence-colour must be >= 0, got {colour}")
     return {"preset": args.preset, "backbone": backbone, "backbone_options": options,
             "propagation": asdict(config), "sigma": sigma, "mask_normalise": mask_normalise,
+            "presence_colour": colour,
             "source": preset.source if preset else "semcorr defaults",
             "published": preset.published if preset else None}
 
@@ -174,6 +179,7 @@ def run_track(args: argparse.Namespace) -> Path:
             palette=found["palette"], sigma=settings["sigma"], overlay=True,
             video=have_av() and not args.no_video, progress=bar.update,
             mask_normalise=settings["mask_normalise"],
+            presence_colour=settings["presence_colour"],
         )
     if not args.quiet:
         print(f"tracked {len(frames)} frame(s) in {result.seconds:.1f} s: "
@@ -244,6 +250,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                              "frame region, by more than -MARGIN in cosine, is dropped for "
                              "that frame (default -0.0075, chosen on a development clip; "
                              "off with a preset, as DIFT)")
+    parser.add_argument("--presence-colour", type=float, default=None, metavar="W",
+                        help="weight of each cell's colour beside the features in the out-of-"
+                             "view decision (default 3, chosen on development clips; 0 = the "
+                             "features alone, the default with a preset)")
     parser.add_argument("--sigma", type=float, default=None,
                         help="Gaussian of a first-frame point in cells (default 0.5, CRW)")
     parser.add_argument("--mask-normalise", default=None, choices=MASK_NORMALISE,

@@ -25,13 +25,17 @@ from typing import Any
 from semcorr.errors import UnknownNameError
 from semcorr.track.propagate import PropagationConfig
 
-__all__ = ["PRESETS", "TRACK_DEFAULT", "TrackPreset", "get_preset"]
+__all__ = ["PRESETS", "TRACK_DEFAULT", "TRACK_PRESENCE_COLOUR", "TrackPreset", "get_preset"]
 
 #: ``semcorr track``'s propagation without a preset: CRW's context, top-k and radius, and the
 #: out-of-view decision (``presence_margin``), chosen on the development clip only
 #: (``benchmarks/sweep_track_dev.py --presence``: best J for margins -0.01 to -0.0025;
 #: docs/protocol.md).
 TRACK_DEFAULT = PropagationConfig(presence_margin=-0.0075)
+
+#: ``semcorr track``'s weight of each cell's colour in that decision (``--presence-colour``),
+#: chosen on development clips only (``sweep_track_dev.py --colour``; docs/protocol.md).
+TRACK_PRESENCE_COLOUR = 3.0
 
 
 @dataclass(frozen=True)

@@ -193,13 +193,15 @@ class LabelPropagator:
         self._bands: list[Band] = []
         self._mask_channels = 0
         self._first_owner: Tensor | None = None
+        self._first_appearance: Tensor | None = None
 
     @property
     def grid(self) -> tuple[int, int] | None:
         """``(h, w)`` of the feature grid once started."""
         return self._grid
 
-    def start(self, features: Tensor, labels: Tensor, mask_channels: int = 0) -> None:
+    def start(self, features: Tensor, labels: Tensor, mask_channels: int = 0,
+              appearance: Tensor | None = None) -> None:
         """Begin a video.
 
         Args:
@@ -207,6 +209,8 @@ class LabelPropagator:
             labels: its soft labels ``(K, h, w)`` (one-hot masks, or heatmaps).
             mask_channels: the last ``mask_channels`` labels are a mask's one-hot channels,
                 background first (what ``config.presence_margin`` acts on; 0: none).
+            appearance: ``(A, h, w)`` what the out-of-view decision compares instead of the
+                features (then every :meth:`step` gives one too); None: the features.
         """
         dims = check_shape(features, "C h w", "features")
         check_shape(labels, f"K {dims['h']} {dims['w']}", "labels")
@@ -216,6 +220,9 @@ class LabelPropagator:
         self._mask_channels = mask_channels
         self._first_owner = (labels[labels.shape[0] - mask_channels:].flatten(1).argmax(0)
                              if mask_channels > 1 else None)
+        if appearance is not None:
+            check_shape(appearance, f"A {dims['h']} {dims['w']}", "appearance")
+        self._first_appearance = None if appearance is None else _normalise(appearance)
         h, w = dims["h"], dims["w"]
         self._grid = (h, w)
         self._first = (_normalise(features), labels.reshape(labels.shape[0], h * w).float())
@@ -223,11 +230,12 @@ class LabelPropagator:
         self._bands = plan_bands(h, w, self.config.radius, 1 + self.config.context,
                                  features.device)
 
-    def step(self, features: Tensor) -> Tensor:
+    def step(self, features: Tensor, appearance: Tensor | None = None) -> Tensor:
         """Propagate the labels to the next frame.
 
         Args:
             features: this frame's features ``(C, h, w)`` (same grid as the first).
+            appearance: this frame's ``(A, h, w)`` when :meth:`start` was given one.
 
         Returns:
             Its soft labels ``(K, h, w)``.
@@ -242,13 +250,24 @@ class LabelPropagator:
         labels = torch.stack([lab for _, lab in context])
         out = propagate_labels(query, keys, labels, self.config, self._grid, self._bands)
         if self.config.presence_margin is not None and self._first_owner is not None:
-            out = self._drop_absent_objects(query, out)
+            if (appearance is None) != (self._first_appearance is None):
+                raise InputError("give an appearance to every step() or to none, as to start()")
+            if appearance is None:
+                out = self._drop_absent_objects(query, self._first[0], out)
+            else:
+                assert self._first_appearance is not None
+                check_shape(appearance, f"{self._first_appearance.shape[0]} {h} {w}",
+                            "appearance")
+                out = self._drop_absent_objects(_normalise(appearance), self._first_appearance,
+                                                out)
         if self.config.context > 0:
             self._recent.append((query, out))
         return out.reshape(-1, h, w)
 
-    def _drop_absent_objects(self, query: Tensor, out: Tensor) -> Tensor:
-        """The out-of-view decision (``config.presence_margin``) on soft labels ``(K, Q)``.
+    def _drop_absent_objects(self, query: Tensor, first: Tensor, out: Tensor) -> Tensor:
+        """The out-of-view decision (``config.presence_margin``) on soft labels ``(K, Q)``,
+        comparing this frame's L2-normalised ``query`` ``(A, Q)`` with the first frame's
+        ``first`` ``(A, Q)`` (the features, or the appearance given to :meth:`start`).
 
         A mask object is out of view in this frame when it wins no cell (argmax over the mask
         channels), or when, over the cells it wins, the mean of ``max cos(cell, its own
@@ -259,11 +278,10 @@ class LabelPropagator:
         itself frame after frame. An object that wins no cell is dropped too, or DIFT's min-max
         read-out would stretch its faint remaining weight into a region.
         """
-        assert self._first is not None and self._first_owner is not None
+        assert self._first_owner is not None
         out = out.clone()
         masks = out[out.shape[0] - self._mask_channels:]  # a view: (M, Q), background first
         owner = masks.argmax(0)
-        first = self._first[0]
         for k in range(1, self._mask_channels):  # a loop over objects (few); cells vectorised
             region, own = owner == k, self._first_owner == k
             if not own.any() or own.all():

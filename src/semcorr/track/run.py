@@ -34,7 +34,7 @@ from semcorr.features.base import Backbone
 from semcorr.features.cache import FeatureCache, cached_features
 from semcorr.features.fusion import resample_parts
 from semcorr.geometry import ResizePad
-from semcorr.io import open_image
+from semcorr.io import load_image, open_image
 from semcorr.track.labels import (
     MASK_NORMALISE,
     labels_to_mask,
@@ -51,8 +51,8 @@ from semcorr.track.outputs import (
 )
 from semcorr.track.propagate import LabelPropagator, PropagationConfig
 
-__all__ = ["TrackResult", "frame_features", "frame_sizes", "mask_from_square", "mask_on_square",
-           "points_from_square", "track_clip"]
+__all__ = ["TrackResult", "chroma_on_grid", "frame_features", "frame_sizes", "mask_from_square",
+           "mask_on_square", "points_from_square", "track_clip"]
 
 
 @dataclass
@@ -103,6 +103,20 @@ def frame_features(backbone: Backbone, cache: FeatureCache, path: Path
     return torch.cat(maps, dim=1)[0], transform
 
 
+def chroma_on_grid(path: Path, transform: ResizePad, grid: tuple[int, int]) -> torch.Tensor:
+    """The frame's colour without its brightness, ``(3, h, w)`` on the feature grid: the image
+    as the backbone sees it (resized and padded to the square), averaged over each cell, minus
+    the mean of its three channels (so grey is 0 and only hue and saturation remain)."""
+    image = load_image(path)  # (3, H, W) in [0, 1]
+    w, h = transform.resized
+    left, top = transform.pad
+    square = torch.zeros(3, transform.size, transform.size)
+    square[:, top:top + h, left:left + w] = torch.nn.functional.interpolate(
+        image[None], size=(h, w), mode="bilinear", antialias=True, align_corners=False)[0]
+    cells = torch.nn.functional.adaptive_avg_pool2d(square, grid)
+    return cells - cells.mean(0, keepdim=True)
+
+
 def mask_on_square(mask: torch.Tensor, transform: ResizePad) -> torch.Tensor:
     """Index mask ``(H, W)`` → ``(S, S)`` on the backbone's square (nearest; padding = 0)."""
     w, h = transform.resized
@@ -150,6 +164,7 @@ def track_clip(
     video: bool = False,
     progress: Callable[[int], None] | None = None,
     mask_normalise: str = "minmax",
+    presence_colour: float = 0.0,
 ) -> TrackResult:
     """Track first-frame ``points`` ``(P, 2)`` and/or an index ``mask`` ``(H, W)`` through
     ``frames`` and write ``out/points.json``, ``out/masks/*.png``, ``out/overlay.jpg``
@@ -169,6 +184,10 @@ def track_clip(
         progress: called with 1 after each frame.
         mask_normalise: the mask read-out, ``"minmax"`` (DIFT's ``norm_mask``) or ``"none"``
             (:func:`~semcorr.track.labels.labels_to_mask`).
+        presence_colour: with ``config.presence_margin``, the out-of-view decision compares
+            the features (L2-normalised) with each cell's colour (:func:`chroma_on_grid`)
+            times this weight appended; 0: the features alone. For backbones blind to colour
+            (dense-sift sees gradients only).
     """
     if points is None and mask is None:
         raise InputError("nothing to track: give --points and/or --mask")
@@ -180,20 +199,27 @@ def track_clip(
     palette = davis_palette() if palette is None else palette
     num_points = 0 if points is None else points.shape[0]
     propagator = LabelPropagator(config)
+    with_colour = (mask is not None and config.presence_margin is not None
+                   and presence_colour > 0)
     track_points, track_scores, mask_files = [], [], []
     for t, path in enumerate(frames):  # a loop over frames; the propagator is vectorised
         features, transform = frame_features(backbone, cache, path)
         grid = tuple(features.shape[-2:])
+        appearance = None
+        if with_colour:
+            appearance = torch.cat([torch.nn.functional.normalize(features.float(), dim=0),
+                                    presence_colour * chroma_on_grid(path, transform, grid)])
         if t == 0:
             labels = _first_labels(points, mask, transform, grid, sigma)
             propagator.start(features, labels,
-                             mask_channels=0 if mask is None else labels.shape[0] - num_points)
+                             mask_channels=0 if mask is None else labels.shape[0] - num_points,
+                             appearance=appearance)
             if points is not None:
                 track_points.append(points.float())
                 track_scores.append(torch.ones(num_points))
             first_mask = mask
         else:
-            labels = propagator.step(features)
+            labels = propagator.step(features, appearance)
             if points is not None:
                 p, s = points_from_square(labels[:num_points], transform)
                 track_points.append(p)

@@ -48,7 +48,7 @@ from semcorr.match.geometric import (
     LOCAL_PRIOR,
     AffinePrior,
     PriorFit,
-    mutual_nearest_cells,
+    apply_affine,
 )
 from semcorr.match.pose import mutual_nn_distance
 from semcorr.match.similarity import cosine_similarity, sample_descriptors
@@ -79,23 +79,6 @@ def gt_affine_loo(src: torch.Tensor, trg: torch.Tensor) -> torch.Tensor:
     design = torch.cat([src, torch.ones_like(src[:, :1])], dim=1).double()  # (N, 3)
     maps = torch.linalg.lstsq(design[others], trg.double()[others]).solution  # (N, 3, 2)
     return (design[:, None] @ maps)[:, 0].float()
-
-
-def affine(points: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
-    """Points ``(N, 2)`` through ``matrix`` ``(3, 2)``."""
-    return torch.cat([points, torch.ones_like(points[:, :1])], dim=1) @ matrix
-
-
-def fit_around(matrix: torch.Tensor, source: torch.Tensor, target: torch.Tensor,
-               source_valid: torch.Tensor, target_valid: torch.Tensor,
-               prior: AffinePrior = LOCAL) -> PriorFit:
-    """The local refinement's anchors (mutual neighbours, features ``(C, h, h)``) around a
-    given affine ``matrix`` ``(3, 2)`` instead of RANSAC's, as :meth:`AffinePrior.fit_pair`."""
-    src, trg, sim = mutual_nearest_cells(source, target, source_valid, target_valid,
-                                         prior.fit_grid)
-    residuals = trg - affine(src, matrix)
-    near = residuals.norm(dim=1) < prior.local_bound * source.shape[-1]
-    return PriorFit(matrix, src, residuals, sim.clamp_min(0) * near)
 
 
 def peak_cells(scores: torch.Tensor, valid: torch.Tensor, k: int) -> tuple[torch.Tensor,
@@ -164,20 +147,21 @@ def predictions(pair: Pair, matcher: Matcher, flip: bool) -> tuple[dict[str, tor
     side = sim.shape[-1]
     local_scores = LOCAL.apply_fit(sim, cells, fit)
     oracle = gt_affine(cells, target.transform.to_grid(sample.target_points))
-    oracle_fit = fit_around(oracle, source.features[0], target.features,
-                            source.transforms[0].valid_cells(), valid)
+    oracle_fit = LOCAL.fit_pair(source.features[0], target.features,
+                                source.transforms[0].valid_cells(), valid, matrix=oracle)
     mutual = mutual_variants(source.features[0], unit[0], sim, cells, fit, LOCAL)
     rows = {
         "default (no prior)": found(sim),
         "shipped: --prior affine-local": shipped,
         "affine-local (recomputed)": found(local_scores),
-        "RANSAC affine alone": target.transform.from_grid(affine(cells, fit.matrix)),
+        "RANSAC affine alone": target.transform.from_grid(apply_affine(cells, fit.matrix)),
         "RANSAC affine + local, alone": target.transform.from_grid(
             LOCAL.predict(cells, fit, side)),
-        "oracle affine alone": target.transform.from_grid(affine(cells, oracle)),
+        "oracle affine alone": target.transform.from_grid(apply_affine(cells, oracle)),
         "oracle affine alone, leave-one-out": target.transform.from_grid(
             gt_affine_loo(cells, target.transform.to_grid(sample.target_points))),
-        "oracle affine as prior centre": found(LOCAL.penalise(sim, affine(cells, oracle))),
+        "oracle affine as prior centre": found(
+            LOCAL.penalise(sim, apply_affine(cells, oracle))),
         "oracle affine + local as centre": found(LOCAL.apply_fit(sim, cells, oracle_fit)),
         "mutual l0.5 + affine-local": found(mutual["mutual l0.5 + affine"]),
     }

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 
 from semcorr.errors import InputError
 
-__all__ = ["LOCAL_PRIOR", "PRIOR_CHOICES", "AffinePrior", "PriorFit", "fit_affine_ransac",
-           "grid_cells", "mutual_nearest_cells", "resolve_prior"]
+__all__ = ["LOCAL_PRIOR", "PRIOR_CHOICES", "AffinePrior", "PriorFit", "apply_affine",
+           "fit_affine_ransac", "grid_cells", "mutual_nearest_cells", "resolve_prior"]
 
 #: Names a prior may be given by: the backbone's own, none, the affine prior's defaults, or
 #: the affine prior with the local refinement (:data:`LOCAL_PRIOR`).
@@ -142,7 +142,7 @@ def fit_affine_ransac(
     return (refit[0] if bool(solvable[0]) else identity), best
 
 
-def _affine(points: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+def apply_affine(points: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
     """Points ``(N, 2)`` through the affine map ``(3, 2)``."""
     return torch.cat([points, torch.ones_like(points[:, :1])], dim=1) @ matrix
 
@@ -211,22 +211,24 @@ class AffinePrior:
         return matrix, int(inliers.sum())
 
     def fit_pair(self, source: torch.Tensor, target: torch.Tensor, source_valid: torch.Tensor,
-                 target_valid: torch.Tensor) -> PriorFit:
+                 target_valid: torch.Tensor, matrix: torch.Tensor | None = None) -> PriorFit:
         """:meth:`fit`, with the anchors of the local refinement (features ``(C, h, h)``,
-        valid cells ``(h, h)``)."""
+        valid cells ``(h, h)``); ``matrix`` ``(3, 2)``: anchors around this affine map instead
+        of RANSAC's (oracle analyses)."""
         src, trg, sim = mutual_nearest_cells(source, target, source_valid, target_valid,
                                              self.fit_grid)
         side = source.shape[-1]
-        matrix, _ = fit_affine_ransac(src, trg, sim.clamp_min(0), self.threshold * side,
-                                      self.iterations)
-        residuals = trg - _affine(src, matrix)
+        if matrix is None:
+            matrix, _ = fit_affine_ransac(src, trg, sim.clamp_min(0), self.threshold * side,
+                                          self.iterations)
+        residuals = trg - apply_affine(src, matrix)
         near = residuals.norm(dim=1) < self.local_bound * side
         return PriorFit(matrix, src, residuals, sim.clamp_min(0) * near)
 
     def predict(self, cells: torch.Tensor, fit: PriorFit, side: int) -> torch.Tensor:
         """Predicted target cells ``(N, 2)`` of the query cells ``(N, 2)`` on a grid of
         ``side`` cells: the affine map, plus the local correction when ``local`` > 0."""
-        predicted = _affine(cells, fit.matrix)
+        predicted = apply_affine(cells, fit.matrix)
         if self.local == 0 or fit.anchors.shape[0] == 0:
             return predicted
         squared = torch.cdist(cells, fit.anchors) ** 2  # (N, M)
@@ -239,7 +241,7 @@ class AffinePrior:
               ) -> torch.Tensor:
         """Similarities ``(N, h, w)`` of the query cells ``(N, 2)`` (source grid) with the
         prior of ``matrix`` ``(3, 2)`` subtracted."""
-        return self.penalise(scores, _affine(cells, matrix))
+        return self.penalise(scores, apply_affine(cells, matrix))
 
     def apply_fit(self, scores: torch.Tensor, cells: torch.Tensor, fit: PriorFit
                   ) -> torch.Tensor:

@@ -107,12 +107,7 @@ def chroma_on_grid(path: Path, transform: ResizePad, grid: tuple[int, int]) -> t
     """The frame's colour without its brightness, ``(3, h, w)`` on the feature grid: the image
     as the backbone sees it (resized and padded to the square), averaged over each cell, minus
     the mean of its three channels (so grey is 0 and only hue and saturation remain)."""
-    image = load_image(path)  # (3, H, W) in [0, 1]
-    w, h = transform.resized
-    left, top = transform.pad
-    square = torch.zeros(3, transform.size, transform.size)
-    square[:, top:top + h, left:left + w] = torch.nn.functional.interpolate(
-        image[None], size=(h, w), mode="bilinear", antialias=True, align_corners=False)[0]
+    square = transform.apply(load_image(path)[None])[0]  # (3, S, S) in [0, 1]
     cells = torch.nn.functional.adaptive_avg_pool2d(square, grid)
     return cells - cells.mean(0, keepdim=True)
 

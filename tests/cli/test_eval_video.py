@@ -115,9 +115,11 @@ def test_print_config_shows_the_dift_preset(capsys):
     shown = json.loads(capsys.readouterr().out)
     assert shown["split"] == "val" and shown["backbone"] == "sd21"
     assert shown["propagation"] == {"context": 28, "topk": 15, "radius": 15,
-                                    "temperature": 0.2, "presence_margin": None}
+                                    "temperature": 0.2, "presence_margin": None,
+                                    "presence_ratio": None}
     assert main(["eval", "--dataset", "jhmdb", "--print-config", "--topk", "3"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["split"] == "test" and shown["backbone"] == "dense-sift"
     assert shown["propagation"] == {"context": 20, "topk": 3, "radius": 12.0,
-                                    "temperature": 0.1, "presence_margin": None}
+                                    "temperature": 0.1, "presence_margin": None,
+                                    "presence_ratio": None}

@@ -67,7 +67,8 @@ def test_print_config_shows_dift_settings(capsys: pytest.CaptureFixture) -> None
     assert main(["track", "--preset", "dift-davis", "--print-config"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["propagation"] == {"context": 28, "topk": 15, "radius": 15,
-                                    "temperature": 0.2, "presence_margin": None}
+                                    "temperature": 0.2, "presence_margin": None,
+                                    "presence_ratio": None}
     assert shown["backbone"] == "sd21"
     assert shown["backbone_options"]["timestep"] == 51
     assert shown["backbone_options"]["ensemble"] == 8
@@ -81,6 +82,7 @@ def test_print_config_shows_dift_settings(capsys: pytest.CaptureFixture) -> None
     assert main(["track", "--print-config"]) == 0  # semcorr track's own default
     shown = json.loads(capsys.readouterr().out)
     assert shown["propagation"]["presence_margin"] == -0.0075
+    assert shown["propagation"]["presence_ratio"] == 0.1
     assert shown["presence_colour"] == 3.0
     assert main(["track", "--presence-margin", "off", "--print-config"]) == 0
     assert json.loads(capsys.readouterr().out)["propagation"]["presence_margin"] is None
@@ -90,6 +92,12 @@ def test_print_config_shows_dift_settings(capsys: pytest.CaptureFixture) -> None
     assert shown["propagation"]["presence_margin"] == 0.0 and shown["presence_colour"] == 0.0
     assert main(["track", "--presence-colour", "-1", "--print-config"]) == 2
     assert main(["track", "--presence-margin", "x", "--print-config"]) == 2
+    assert main(["track", "--presence-ratio", "off", "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["propagation"]["presence_ratio"] is None
+    assert main(["track", "--presence-ratio", "0.5", "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["propagation"]["presence_ratio"] == 0.5
+    assert main(["track", "--presence-ratio", "2", "--print-config"]) == 2
+    assert main(["track", "--presence-ratio", "y", "--print-config"]) == 2
 
 
 def _files(out: Path) -> dict[str, bytes]:

@@ -146,6 +146,38 @@ def test_out_of_view_margin_is_a_threshold() -> None:
         assert bool(prop.step(frames[1])[1].sum() > 0) is kept
 
 
+def _fading_clip() -> tuple[list[torch.Tensor], torch.Tensor]:
+    """A 4 x 4 clip, 3 channels: the object (e0) on cells [0:2, 0:2] over background e1.
+    Frame 1 shows the object as it was (margin 1 - 0); frame 2 shows its cells as e0 + 0.6 e1
+    (partly background), margin (1 - 0.6) / sqrt(1.36) = 0.343: positive, but about a third
+    of the first step's."""
+    eye = torch.eye(3)
+    first = eye[1][:, None, None].repeat(1, 4, 4)
+    first[:, :2, :2] = eye[0][:, None, None]
+    faded = first.clone()
+    faded[:, :2, :2] = (eye[0] + 0.6 * eye[1])[:, None, None]
+    labels = torch.zeros(2, 4, 4)
+    labels[1, :2, :2] = 1
+    labels[0] = 1 - labels[1]
+    return [first, first.clone(), faded], labels
+
+
+@pytest.mark.parametrize(("ratio", "kept"), [(None, True), (0.3, True), (0.4, False)])
+def test_out_of_view_ratio_is_relative_to_the_first_step(ratio, kept) -> None:
+    """The first step's margin (1.0) is the reference: a later margin of 0.343 passes the
+    absolute margin (0) and a ratio of 0.3, and fails a ratio of 0.4."""
+    frames, labels = _fading_clip()
+    prop = LabelPropagator(PropagationConfig(context=2, topk=1, radius=1, presence_margin=0.0,
+                                             presence_ratio=ratio))
+    prop.start(frames[0], labels, mask_channels=2)
+    torch.testing.assert_close(prop.step(frames[1]), labels)
+    assert bool(prop.step(frames[2])[1].sum() > 0) is kept
+    prop.start(frames[0], labels, mask_channels=2)  # a new video forgets the reference
+    assert bool(prop.step(frames[2])[1].sum() > 0)  # its first step: the reference itself
+    with pytest.raises(InputError, match="presence-ratio"):
+        PropagationConfig(presence_ratio=1.5)
+
+
 def test_out_of_view_decision_leaves_heatmaps_and_present_objects_alone() -> None:
     """Point heatmaps before the mask channels are untouched, and a present object is kept."""
     frames, labels = _uncovered_background_clip()

@@ -2,8 +2,8 @@
 smoothly panning, rotating and zooming camera, with a pasted photo patch as the object.
 
 The figures (printed with ``-s``) are the README's; ``semcorr track``'s default propagation
-(context 20, top-k 10, radius 12, temperature 0.1, out-of-view decision at margin -0.0075 with
-colour weight 3) and
+(context 20, top-k 10, radius 12, temperature 0.1, out-of-view decision at margin -0.0075 and
+ratio 0.1 with colour weight 3) and
 its dense-sift (bins 4, 8, 16 px) at the frames' own resolution (``image_size=160``)."""
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ SIZE = (120, 160)
 
 
 #: The README's table ("Tracking through video"), measured in one run; each test fails below a
-#: figure minus MARGIN (the issue's own bounds, PCK@0.05 >= 0.9 and in-view J >= 0.8, also hold).
+#: figure minus MARGIN (the issue's own bounds, PCK@0.05 >= 0.9 and J >= 0.8, also hold).
 README_FIGURES = {
-    ("leaving", "photo_clip"): {"pck": 0.955, "after": 1.000, "j": 0.796},
+    ("leaving", "photo_clip"): {"pck": 0.955, "after": 1.000, "j": 0.872},
     ("leaving", "bundled_clip"): {"pck": 0.976, "after": 1.000, "j": 0.865},
     ("in view", "photo_clip"): {"pck": 0.951, "j": 0.901},
     ("in view", "bundled_clip"): {"pck": 0.955, "j": 0.851},
@@ -60,7 +60,7 @@ def test_points_through_an_object_leaving_and_reentering(make, tmp_path: Path) -
     claim = README_FIGURES[("leaving", make.__name__)]
     assert overall >= max(0.9, claim["pck"] - MARGIN)
     assert after >= max(0.9, claim["after"] - MARGIN)
-    assert iou.mean() >= claim["j"] - MARGIN
+    assert iou.mean() >= max(0.8, claim["j"] - MARGIN)
 
 
 @pytest.mark.slow

@@ -84,7 +84,9 @@ def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
     given = {k: getattr(args, k) for k in ("context", "topk", "radius", "temperature")
              if getattr(args, k) is not None}
     if args.presence_margin is not None:
-        given["presence_margin"] = _presence_margin(args.presence_margin)
+        given["presence_margin"] = _off_or_number(args.presence_margin, "--presence-margin")
+    if args.presence_ratio is not None:
+        given["presence_ratio"] = _off_or_number(args.presence_ratio, "--presence-ratio")
     config = PropagationConfig(**{**asdict(base), **given})
     sigma = args.sigma if args.sigma is not None else (preset.sigma if preset else 0.5)
     positive_number("--sigma", sigma)
@@ -100,14 +102,14 @@ def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
             "published": preset.published if preset else None}
 
 
-def _presence_margin(text: str) -> float | None:
-    """``--presence-margin``: a number, or ``off``."""
+def _off_or_number(text: str, option: str) -> float | None:
+    """``--presence-margin`` / ``--presence-ratio``: a number, or ``off``."""
     if text.strip().lower() == "off":
         return None
     try:
         return float(text)
     except ValueError:
-        raise InputError(f"--presence-margin must be a number or 'off', got {text!r}") from None
+        raise InputError(f"{option} must be a number or 'off', got {text!r}") from None
 
 
 def _check_inputs(args: argparse.Namespace) -> dict[str, Any]:
@@ -250,6 +252,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                              "frame region, by more than -MARGIN in cosine, is dropped for "
                              "that frame (default -0.0075, chosen on a development clip; "
                              "off with a preset, as DIFT)")
+    parser.add_argument("--presence-ratio", default=None, metavar="R|off",
+                        help="with --presence-margin, also drop an object whose margin falls "
+                             "below R times its margin one frame after it was labelled "
+                             "(default 0.1, chosen on development clips; off = the margin "
+                             "alone, the default with a preset)")
     parser.add_argument("--presence-colour", type=float, default=None, metavar="W",
                         help="weight of each cell's colour beside the features in the out-of-"
                              "view decision (default 3, chosen on development clips; 0 = the "

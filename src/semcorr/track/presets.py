@@ -30,8 +30,9 @@ __all__ = ["PRESETS", "TRACK_DEFAULT", "TRACK_PRESENCE_COLOUR", "TrackPreset", "
 #: ``semcorr track``'s propagation without a preset: CRW's context, top-k and radius, and the
 #: out-of-view decision (``presence_margin``), chosen on the development clip only
 #: (``benchmarks/sweep_track_dev.py --presence``: best J for margins -0.01 to -0.0025;
-#: docs/protocol.md).
-TRACK_DEFAULT = PropagationConfig(presence_margin=-0.0075)
+#: docs/protocol.md), with its relative threshold (``presence_ratio``) chosen on ten
+#: development clips only (``sweep_track_dev.py --ratio``: best mean J).
+TRACK_DEFAULT = PropagationConfig(presence_margin=-0.0075, presence_ratio=0.1)
 
 #: ``semcorr track``'s weight of each cell's colour in that decision (``--presence-colour``),
 #: chosen on development clips only (``sweep_track_dev.py --colour``; docs/protocol.md).

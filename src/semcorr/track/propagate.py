@@ -76,6 +76,11 @@ class PropagationConfig:
             first frame's own object, by more than ``-presence_margin`` in cosine, is declared
             out of view and its weight handed to the background (see
             :meth:`LabelPropagator.step`).
+        presence_ratio: with ``presence_margin``, also drop an object whose margin falls below
+            this fraction of its own margin at the first step it was seen (``None``: the
+            absolute margin alone). Margins differ between objects and backbones; an object
+            in view keeps a margin near the one it had one frame after it was labelled, and
+            one that has left falls to about zero.
     """
 
     context: int = 20
@@ -83,6 +88,7 @@ class PropagationConfig:
     radius: float = 12.0
     temperature: float = 0.1
     presence_margin: float | None = None
+    presence_ratio: float | None = None
 
     def __post_init__(self) -> None:
         if self.context < 0:
@@ -95,6 +101,8 @@ class PropagationConfig:
             raise InputError(f"--temperature must be > 0, got {self.temperature}")
         if self.presence_margin is not None and not math.isfinite(self.presence_margin):
             raise InputError(f"--presence-margin must be finite, got {self.presence_margin}")
+        if self.presence_ratio is not None and not 0 <= self.presence_ratio <= 1:
+            raise InputError(f"--presence-ratio must be in [0, 1], got {self.presence_ratio}")
 
 
 #: One chunk of a propagation step: query cells, the key cells they can reach (slices of the
@@ -194,6 +202,7 @@ class LabelPropagator:
         self._mask_channels = 0
         self._first_owner: Tensor | None = None
         self._first_appearance: Tensor | None = None
+        self._reference_margin: dict[int, float] = {}
 
     @property
     def grid(self) -> tuple[int, int] | None:
@@ -223,6 +232,7 @@ class LabelPropagator:
         if appearance is not None:
             check_shape(appearance, f"A {dims['h']} {dims['w']}", "appearance")
         self._first_appearance = None if appearance is None else _normalise(appearance)
+        self._reference_margin = {}
         h, w = dims["h"], dims["w"]
         self._grid = (h, w)
         self._first = (_normalise(features), labels.reshape(labels.shape[0], h * w).float())
@@ -271,7 +281,9 @@ class LabelPropagator:
 
         A mask object is out of view in this frame when it wins no cell (argmax over the mask
         channels), or when, over the cells it wins, the mean of ``max cos(cell, its own
-        first-frame cells) - max cos(cell, the other first-frame cells)`` is below the margin.
+        first-frame cells) - max cos(cell, the other first-frame cells)`` is below the margin,
+        or below ``config.presence_ratio`` times that mean at the first step the object won
+        cells (its reference).
         Its weight then goes to the background, in the output and in the context the next
         frames read. Why: the background an object uncovers when it leaves has never been
         seen; it inherits the object's label from the recent frames, then keeps it by matching
@@ -289,11 +301,19 @@ class LabelPropagator:
             if region.any():
                 affinity = query[:, region].T @ first  # (cells, Q0)
                 margin = float((affinity[:, own].amax(1) - affinity[:, ~own].amax(1)).mean())
-                if margin >= self.config.presence_margin:
+                if margin >= self._presence_threshold(k, margin):
                     continue
             masks[0] += masks[k]
             masks[k] = 0
         return out
+
+    def _presence_threshold(self, k: int, margin: float) -> float:
+        """Object ``k``'s threshold this step; its first ``margin`` becomes its reference."""
+        assert self.config.presence_margin is not None
+        reference = self._reference_margin.setdefault(k, margin)
+        if self.config.presence_ratio is None:
+            return self.config.presence_margin
+        return max(self.config.presence_margin, self.config.presence_ratio * reference)
 
 
 def _normalise(features: Tensor) -> Tensor:

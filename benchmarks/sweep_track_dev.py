@@ -126,23 +126,25 @@ def sweep(clips: dict[str, SyntheticClip],
         print(f"{label}: mean J over {len(clips)} clips {mean:.3f}")
 
 
-def score(clip: SyntheticClip, bins: tuple[int, ...],
-          config: PropagationConfig | None = None) -> str:
-    """Track ``clip`` with dense-sift at ``bins`` and ``config`` (default: DIFT's propagation
-    at CRW's settings, as the bins were chosen); format its figures."""
-    config = PropagationConfig() if config is None else config
+def score(clip: SyntheticClip, bins: tuple[int, ...]) -> str:
+    """Track ``clip`` with dense-sift at ``bins`` and DIFT's propagation at CRW's settings (as
+    the bins were chosen); format its figures."""
     with tempfile.TemporaryDirectory() as folder:
         tmp = Path(folder)
         frames = save_clip(clip, tmp / "frames")
         backbone = create_backbone("dense-sift", image_size=160, bin_sizes=bins).eval()
         result = track_clip(backbone, FeatureCache.for_backbone(tmp / "cache", backbone), frames,
-                            tmp / "out", config, points=clip.points[0],
+                            tmp / "out", PropagationConfig(), points=clip.points[0],
                             mask=clip.masks[0], overlay=False)
         points, masks = result.points, read_masks(result.masks)
     return (f"PCK@0.05 {pck(points[1:], clip.points[1:], SIZE):.3f} "
             f"(background {pck(points[1:, :9], clip.points[1:, :9], SIZE):.3f}, "
             f"object after re-entry {pck(points[25:, 9:], clip.points[25:, 9:], SIZE):.3f}) "
             f"J {mask_iou(masks[1:], clip.masks[1:]).mean():.3f}")
+
+
+def _off_or_float(text: str) -> float | None:
+    return None if text == "off" else float(text)
 
 
 def main() -> None:
@@ -163,18 +165,16 @@ def main() -> None:
         return
     if args.ratio:
         sweep({**dev_clips(), **more_dev_clips()},
-              [(f"ratio {r}", replace(TRACK_DEFAULT, presence_ratio=None if r == "off"
-                                      else float(r)), TRACK_PRESENCE_COLOUR)
+              [(f"ratio {r}", replace(TRACK_DEFAULT, presence_ratio=_off_or_float(r)),
+                TRACK_PRESENCE_COLOUR)
                for r in args.ratio.split(",")])
         return
-    clip = dev_clip()
     if args.presence:
-        for margin in args.presence.split(","):
-            config = PropagationConfig(presence_margin=None if margin == "off" else float(margin))
-            start = time.perf_counter()
-            print(f"presence {margin}: {score(clip, (4, 8, 16), config)} "
-                  f"({time.perf_counter() - start:.0f} s)", flush=True)
+        sweep({"boat + Graffiti": dev_clip()},
+              [(f"presence {m}", PropagationConfig(presence_margin=_off_or_float(m)), 0.0)
+               for m in args.presence.split(",")])
         return
+    clip = dev_clip()
     for setting in args.bins:
         bins = tuple(int(b) for b in setting.split("-"))
         start = time.perf_counter()
